@@ -2,6 +2,8 @@
 //! Plain functions over bytes and JSON; knows no sockets, no runtime, no store.
 
 pub mod anthropic;
+pub mod openai;
+pub mod route;
 pub mod sse;
 
 /// Token counts reported by a provider for one request.

@@ -1,0 +1,95 @@
+//! Config reload: a debounced watch of the file's directory plus SIGHUP. A new snapshot is built
+//! completely and only then swapped in; a refused file leaves the serving snapshot untouched.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use notify_debouncer_mini::{DebounceEventResult, new_debouncer, notify::RecursiveMode};
+use tokio::signal::unix::Signal;
+use tokio::sync::mpsc;
+
+use crate::config;
+use crate::snapshot::Snapshot;
+use crate::state::Shared;
+
+/// Saves within this window count as one (editors write a file in several steps).
+const DEBOUNCE: Duration = Duration::from_millis(150);
+
+pub(super) struct Reloader {
+    shared: Arc<Shared>,
+    path: PathBuf,
+    last_hash: [u8; 32],
+}
+
+impl Reloader {
+    pub(super) fn new(shared: Arc<Shared>, path: PathBuf, last_hash: [u8; 32]) -> Self {
+        Self { shared, path, last_hash }
+    }
+
+    /// Runs the watcher and the SIGHUP listener until aborted.
+    pub(super) fn watch(mut self, mut hup: Signal) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+            let file = self.path.clone();
+            // Watch the directory, not the file: editors and config maps replace the file by rename.
+            let dir = self.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+            let file_name = file.file_name().map(|n| n.to_os_string());
+            let debouncer = new_debouncer(DEBOUNCE, move |res: DebounceEventResult| {
+                if let Ok(events) = res {
+                    if events.iter().any(|e| e.path.file_name().map(|n| n.to_os_string()) == file_name) {
+                        let _ = tx.send(());
+                    }
+                }
+            });
+            let _debouncer = match debouncer {
+                Ok(mut d) => match d.watcher().watch(&dir, RecursiveMode::NonRecursive) {
+                    Ok(()) => Some(d),
+                    Err(e) => {
+                        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config directory; reload with SIGHUP");
+                        None
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start the config watcher; reload with SIGHUP");
+                    None
+                }
+            };
+            loop {
+                tokio::select! {
+                    Some(()) = rx.recv() => self.reload(false).await,
+                    _ = hup.recv() => self.reload(true).await,
+                }
+            }
+        })
+    }
+
+    /// Prepares a new snapshot and swaps it in; on any error keeps the old one and says why.
+    async fn reload(&mut self, forced: bool) {
+        let path = self.path.clone();
+        let version = self.shared.snapshot.load().version + 1;
+        let built = tokio::task::spawn_blocking(move || {
+            let loaded = config::load(&path).map_err(|e| e.to_string())?;
+            let snapshot = Snapshot::build(&loaded, version).map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok::<_, String>((loaded.content_hash, snapshot))
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
+        match built {
+            Ok((hash, _)) if hash == self.last_hash && !forced => {}
+            Ok((hash, snapshot)) => {
+                let version = snapshot.version;
+                self.shared.snapshot.store(Arc::new(snapshot));
+                self.last_hash = hash;
+                self.shared.metrics.reloads_ok.fetch_add(1, Relaxed);
+                self.shared.metrics.config_version.store(version, Relaxed);
+                tracing::info!(version, "config reloaded");
+            }
+            Err(reason) => {
+                self.shared.metrics.reloads_failed.fetch_add(1, Relaxed);
+                tracing::error!("config rejected, the previous config keeps serving: {reason}");
+            }
+        }
+    }
+}

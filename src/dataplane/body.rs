@@ -1,0 +1,197 @@
+//! Response bodies the gateway sends: whole ones, and streams relayed chunk by chunk from a
+//! provider (translated when needed). A stream accounts and audits its request when it ends.
+
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use super::core::CoreCtx;
+use super::log::RequestLog;
+use super::upstream::Lease;
+use crate::audit::Outcome;
+use crate::metrics::UpstreamErrorKind;
+use crate::providers::anthropic::StreamTranslator;
+use crate::providers::openai::StreamFilter;
+
+pub enum GatewayBody {
+    Full(Option<Bytes>),
+    Stream(Box<StreamBody>),
+}
+
+impl GatewayBody {
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        GatewayBody::Full(Some(b.into()))
+    }
+}
+
+impl Body for GatewayBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            GatewayBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            GatewayBody::Stream(s) => Pin::new(&mut **s).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, GatewayBody::Full(None))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            GatewayBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            GatewayBody::Full(None) => SizeHint::with_exact(0),
+            GatewayBody::Stream(_) => SizeHint::default(),
+        }
+    }
+}
+
+/// How upstream events become client events.
+pub enum StreamMode {
+    OpenAi(StreamFilter),
+    Anthropic(Box<StreamTranslator>),
+}
+
+impl StreamMode {
+    fn feed(&mut self, bytes: &[u8], out: &mut BytesMut) {
+        match self {
+            StreamMode::OpenAi(f) => f.feed(bytes, out),
+            StreamMode::Anthropic(t) => t.feed(bytes, out),
+        }
+    }
+    fn finish(&mut self, out: &mut BytesMut) {
+        match self {
+            StreamMode::OpenAi(f) => f.finish(out),
+            StreamMode::Anthropic(t) => t.finish(out),
+        }
+    }
+    fn usage(&self) -> Option<crate::providers::Usage> {
+        match self {
+            StreamMode::OpenAi(f) => f.usage(),
+            StreamMode::Anthropic(t) => t.usage(),
+        }
+    }
+}
+
+/// A streamed response in flight. Dropping it before the end (the client left) drops the
+/// provider's response too, which closes that upstream connection instead of reading on.
+pub struct StreamBody {
+    core: Rc<CoreCtx>,
+    upstream: Incoming,
+    lease: Option<Lease>,
+    mode: StreamMode,
+    out: BytesMut,
+    idle_timeout: Duration,
+    idle: Pin<Box<monoio::time::Sleep>>,
+    log: RequestLog,
+    ended: bool,
+}
+
+impl StreamBody {
+    pub fn new(core: Rc<CoreCtx>, upstream: Incoming, lease: Lease, mode: StreamMode, idle_timeout: Duration, log: RequestLog) -> Self {
+        core.metrics().stream_opened();
+        Self {
+            core,
+            upstream,
+            lease: Some(lease),
+            mode,
+            out: BytesMut::with_capacity(4096),
+            idle_timeout,
+            idle: Box::pin(monoio::time::sleep(idle_timeout)),
+            log,
+            ended: false,
+        }
+    }
+
+    fn end(&mut self, outcome: Outcome, status: u16) {
+        self.ended = true;
+        self.log.usage = self.mode.usage();
+        if outcome == Outcome::Completed {
+            if let Some(lease) = self.lease.take() {
+                self.core.pool.give_back(lease);
+            }
+        } else {
+            self.lease = None;
+        }
+        self.log.finish(status, outcome);
+    }
+
+    /// The provider failed mid-stream: tell the client in-band (headers are long gone).
+    fn fail(&mut self, kind: UpstreamErrorKind, error_type: &'static str, message: &str) {
+        self.core.metrics().upstream_error(kind);
+        let body = serde_json::json!({ "error": { "type": error_type, "message": message } });
+        self.out.extend_from_slice(b"data: ");
+        self.out.extend_from_slice(body.to_string().as_bytes());
+        self.out.extend_from_slice(b"\n\n");
+        self.log.error_type = Some(error_type);
+        self.end(Outcome::UpstreamBroken, 200);
+    }
+}
+
+impl Body for StreamBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        loop {
+            if !this.out.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(this.out.split().freeze()))));
+            }
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut this.upstream).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        if this.log.ttfb.is_none() {
+                            this.log.ttfb = Some(this.log.elapsed());
+                        }
+                        this.mode.feed(&data, &mut this.out);
+                        let deadline = monoio::time::Instant::now() + this.idle_timeout;
+                        this.idle.as_mut().reset(deadline);
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    let msg = format!("the provider's stream broke: {e}");
+                    this.fail(UpstreamErrorKind::StreamBroken, "upstream_error", &msg);
+                }
+                Poll::Ready(None) => {
+                    this.mode.finish(&mut this.out);
+                    this.end(Outcome::Completed, 200);
+                }
+                Poll::Pending => {
+                    if this.idle.as_mut().poll(cx).is_ready() {
+                        let msg = format!("the provider sent nothing for {:?}", this.idle_timeout);
+                        this.fail(UpstreamErrorKind::Timeout, "upstream_timeout", &msg);
+                        continue;
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended && self.out.is_empty()
+    }
+}
+
+impl Drop for StreamBody {
+    fn drop(&mut self) {
+        self.core.metrics().stream_closed();
+        if !self.ended {
+            // The client went away first; the RequestLog's own drop records it as such.
+            self.log.usage = self.mode.usage();
+        }
+    }
+}
+
+use std::future::Future as _;

@@ -1,0 +1,58 @@
+//! One data-plane core's private state: its view of the snapshot, its upstream pool, its audit
+//! ring. `!Send` on purpose: nothing here is shared with another core.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use arc_swap::{ArcSwap, Cache};
+
+use super::upstream::Pool;
+use crate::audit::{CoreAuditTx, RequestRecord};
+use crate::metrics::CoreMetrics;
+use crate::snapshot::Snapshot;
+use crate::state::Shared;
+
+/// A snapshot held by a request. Cloning it is a core-local pointer copy, never an atomic
+/// increment on the shared `Arc` (which every core would fight over).
+pub type SnapRef = Rc<Arc<Snapshot>>;
+
+pub struct CoreCtx {
+    pub id: usize,
+    pub shared: Arc<Shared>,
+    snap: RefCell<SnapCache>,
+    pub pool: Pool,
+    audit: RefCell<CoreAuditTx>,
+}
+
+struct SnapCache {
+    cache: Cache<Arc<ArcSwap<Snapshot>>, Arc<Snapshot>>,
+    current: SnapRef,
+}
+
+impl CoreCtx {
+    pub fn new(id: usize, shared: Arc<Shared>, audit: CoreAuditTx, pool: Pool) -> Self {
+        let mut cache = Cache::new(shared.snapshot.clone());
+        let current = Rc::new(cache.load().clone());
+        Self { id, shared, snap: RefCell::new(SnapCache { cache, current }), pool, audit: RefCell::new(audit) }
+    }
+
+    /// The newest published snapshot. One atomic load when nothing changed.
+    pub fn snapshot(&self) -> SnapRef {
+        let mut s = self.snap.borrow_mut();
+        let s = &mut *s;
+        let latest = s.cache.load();
+        if !Arc::ptr_eq(latest, &s.current) {
+            s.current = Rc::new(latest.clone());
+        }
+        s.current.clone()
+    }
+
+    pub fn metrics(&self) -> &CoreMetrics {
+        &self.shared.metrics.cores[self.id]
+    }
+
+    pub fn record(&self, record: RequestRecord) {
+        self.audit.borrow_mut().push(record, self.metrics());
+    }
+}

@@ -1,0 +1,137 @@
+//! The data plane: one monoio runtime per core, each with its own SO_REUSEPORT listener, upstream
+//! pool and audit ring. Talks to the control plane only through the rings and the hand-off channel.
+
+mod body;
+pub mod core;
+mod forward;
+mod log;
+mod pipeline;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use monoio::io::IntoPollIo;
+use monoio::net::{ListenerOpts, TcpListener};
+use monoio_compat::hyper::MonoioTimer;
+
+use self::core::CoreCtx;
+use crate::audit::CoreAuditTx;
+use crate::state::Shared;
+
+/// Listener and connection settings every core uses.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    pub header_read_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// Starts one core per audit ring. Returns the address actually bound (port 0 resolved) once
+/// every core listens, so the caller can announce readiness truthfully.
+pub fn start(shared: Arc<Shared>, rings: Vec<CoreAuditTx>, opts: ServeOptions) -> anyhow::Result<(SocketAddr, Vec<JoinHandle<()>>)> {
+    let tls = upstream::tls_config();
+    let mut addr = opts.listen;
+    let mut handles = Vec::with_capacity(rings.len());
+    for (id, ring) in rings.into_iter().enumerate() {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
+        let (shared, tls, opts) = (shared.clone(), tls.clone(), ServeOptions { listen: addr, ..opts.clone() });
+        let handle = std::thread::Builder::new().name(format!("heimdall-core-{id}")).spawn(move || {
+            run_core(id, shared, ring, tls, opts, ready_tx);
+        })?;
+        // Cores after the first bind the port the first one got.
+        addr = ready_rx.recv().map_err(|_| anyhow::anyhow!("core {id} died while starting"))?.map_err(|e| anyhow::anyhow!(e))?;
+        handles.push(handle);
+    }
+    Ok((addr, handles))
+}
+
+fn run_core(
+    id: usize,
+    shared: Arc<Shared>,
+    ring: CoreAuditTx,
+    tls: Arc<rustls::ClientConfig>,
+    opts: ServeOptions,
+    ready: std::sync::mpsc::Sender<Result<SocketAddr, String>>,
+) {
+    let runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build();
+    let mut runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(format!("core {id}: cannot build runtime: {e}")));
+            return;
+        }
+    };
+    let driver = match &runtime {
+        monoio::FusionRuntime::Uring(_) => "io_uring",
+        monoio::FusionRuntime::Legacy(_) => "legacy (epoll)",
+    };
+    tracing::info!(core = id, driver, "data-plane core starting");
+    runtime.block_on(async move {
+        let core = Rc::new(CoreCtx::new(id, shared, ring, upstream::Pool::new(tls)));
+        serve(core, opts, ready).await;
+    });
+}
+
+async fn serve(core: Rc<CoreCtx>, opts: ServeOptions, ready: std::sync::mpsc::Sender<Result<SocketAddr, String>>) {
+    let listener = TcpListener::bind_with_config(opts.listen, &ListenerOpts::new().reuse_port(true).reuse_addr(true).backlog(4096));
+    let listener = match listener.and_then(|l| l.local_addr().map(|a| (l, a))) {
+        Ok((l, addr)) => {
+            let _ = ready.send(Ok(addr));
+            l
+        }
+        Err(e) => {
+            let _ = ready.send(Err(format!("core {}: cannot listen on {}: {e}", core.id, opts.listen)));
+            return;
+        }
+    };
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(MonoioTimer).header_read_timeout(opts.header_read_timeout).keep_alive(true);
+    let http = Rc::new(http);
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = core.shared.shutdown.clone();
+    while !*shutdown.borrow() {
+        monoio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let io = match stream.into_poll_io() {
+                        Ok(io) => io,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot adopt accepted socket");
+                            continue;
+                        }
+                    };
+                    let svc_core = core.clone();
+                    let service = service_fn(move |req| pipeline::handle(svc_core.clone(), peer, req));
+                    let conn = graceful.watch(http.serve_connection(TokioIo::new(io), service));
+                    let conn_core = core.clone();
+                    conn_core.metrics().connection_opened();
+                    monoio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, "client connection ended with an error");
+                        }
+                        conn_core.metrics().connection_closed();
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    monoio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+            _ = shutdown.changed() => {}
+        }
+    }
+    drop(listener);
+    tracing::info!(core = core.id, "draining in-flight requests");
+    if monoio::time::timeout(opts.shutdown_grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(core = core.id, "shutdown grace period over; closing remaining connections");
+    }
+}

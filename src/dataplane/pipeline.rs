@@ -1,0 +1,306 @@
+//! The request path. Each `/v1` handler reads top to bottom as its named steps:
+//! authenticate → route → authorize → admit → forward → account → audit.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use super::body::{GatewayBody, StreamBody, StreamMode};
+use super::core::{CoreCtx, SnapRef};
+use super::forward::{self, Endpoint, Sent};
+use super::log::RequestLog;
+use crate::audit::Outcome;
+use crate::auth::{self, Principal};
+use crate::config::ProviderKind;
+use crate::error::GatewayError;
+use crate::governance::access;
+use crate::handoff::ControlRequest;
+use crate::metrics::RouteLabel;
+use crate::providers::route::{self, Target};
+use crate::providers::{anthropic, openai};
+
+/// Largest provider response body the gateway buffers (non-streamed responses).
+const UPSTREAM_BODY_LIMIT: usize = 64 * 1024 * 1024;
+/// How long a control-plane path may take before the data plane gives up on it.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(120);
+/// Output bound sent to Anthropic when neither the request nor the pricing table gives one.
+const DEFAULT_ANTHROPIC_MAX_TOKENS: u64 = 4096;
+
+type Reply = Result<Response<GatewayBody>, GatewayError>;
+
+/// Entry point for every request a core accepts.
+pub async fn handle(core: Rc<CoreCtx>, peer: SocketAddr, req: Request<Incoming>) -> Result<Response<GatewayBody>, Infallible> {
+    let route = classify(req.method(), req.uri().path());
+    let mut log = RequestLog::start(&core, RouteLabel::from(&route), peer, req.headers());
+    let reply = match route {
+        Classified::Chat => chat(&core, &mut log, req).await,
+        Classified::Embeddings => embeddings(&core, &mut log, req).await,
+        Classified::Models => models(&core, &mut log, &req),
+        Classified::Health => Ok(health(&core)),
+        Classified::Metrics => Ok(metrics(&core)),
+        Classified::Control => control(&core, peer, req).await,
+        Classified::WrongMethod(allowed) => Err(GatewayError::MethodNotAllowed(format!("{} takes {allowed}", req.uri().path()))),
+        Classified::UnknownV1 => Err(GatewayError::NotFound(req.uri().path().to_string())),
+    };
+    let mut resp = reply.unwrap_or_else(|e| {
+        log.error_type = Some(e.error_type());
+        e.to_http().map(GatewayBody::full)
+    });
+    resp.headers_mut().insert("x-request-id", log.request_id_header());
+    // A streamed body finishes its own log when the stream ends.
+    log.finish(resp.status().as_u16(), Outcome::Completed);
+    Ok(resp)
+}
+
+enum Classified {
+    Chat,
+    Embeddings,
+    Models,
+    Health,
+    Metrics,
+    Control,
+    WrongMethod(&'static str),
+    UnknownV1,
+}
+
+impl From<&Classified> for RouteLabel {
+    fn from(c: &Classified) -> Self {
+        match c {
+            Classified::Chat => RouteLabel::ChatCompletions,
+            Classified::Embeddings => RouteLabel::Embeddings,
+            Classified::Models => RouteLabel::Models,
+            Classified::Health => RouteLabel::Health,
+            Classified::Metrics => RouteLabel::Metrics,
+            Classified::Control => RouteLabel::Control,
+            Classified::WrongMethod(_) | Classified::UnknownV1 => RouteLabel::Unknown,
+        }
+    }
+}
+
+fn classify(method: &Method, path: &str) -> Classified {
+    let want = |m: Method, c: Classified, name: &'static str| if method == m { c } else { Classified::WrongMethod(name) };
+    match path {
+        "/v1/chat/completions" => want(Method::POST, Classified::Chat, "POST"),
+        "/v1/embeddings" => want(Method::POST, Classified::Embeddings, "POST"),
+        "/v1/models" => want(Method::GET, Classified::Models, "GET"),
+        "/health" => want(Method::GET, Classified::Health, "GET"),
+        "/metrics" => want(Method::GET, Classified::Metrics, "GET"),
+        p if p.starts_with("/v1/") => Classified::UnknownV1,
+        _ => Classified::Control,
+    }
+}
+
+
+/// `POST /v1/chat/completions`, streamed or not.
+async fn chat(core: &Rc<CoreCtx>, log: &mut RequestLog, req: Request<Incoming>) -> Reply {
+    let snap = core.snapshot();
+    let principal = auth::authenticate(&snap, req.headers())?;
+    log.principal(&principal);
+    let body = read_body(req.into_body(), snap.server.max_body_bytes).await?;
+    let peek = openai::peek(&body)?;
+    log.stream = peek.stream;
+    let targets = route_and_authorize(&snap, &principal, &peek.model, &peek.fallbacks)?;
+    // admit: budgets and rate limits are checked here (governance issue).
+    let sent = forward::forward(
+        core,
+        &targets,
+        Endpoint::Chat,
+        |t| match t.provider.kind {
+            ProviderKind::Openai => openai::prepare(&body, &peek, t.model),
+            ProviderKind::Anthropic => anthropic_body(&snap, &body, t),
+        },
+        log,
+    )
+    .await?;
+    let target = &targets[sent.target];
+    log.provider = Some(target.provider.name.clone());
+    log.model = Some(target.model.to_string());
+    if peek.stream {
+        Ok(stream_reply(core, log, target, sent, peek.include_usage))
+    } else {
+        whole_reply(core, log, target, sent).await
+    }
+}
+
+/// `POST /v1/embeddings` (OpenAI-kind providers only).
+async fn embeddings(core: &Rc<CoreCtx>, log: &mut RequestLog, req: Request<Incoming>) -> Reply {
+    let snap = core.snapshot();
+    let principal = auth::authenticate(&snap, req.headers())?;
+    log.principal(&principal);
+    let body = read_body(req.into_body(), snap.server.max_body_bytes).await?;
+    let peek = openai::peek(&body)?;
+    let targets = route_and_authorize(&snap, &principal, &peek.model, &peek.fallbacks)?;
+    let sent = forward::forward(core, &targets, Endpoint::Embeddings, |t| openai::prepare(&body, &peek, t.model), log).await?;
+    let target = &targets[sent.target];
+    log.provider = Some(target.provider.name.clone());
+    log.model = Some(target.model.to_string());
+    whole_reply(core, log, target, sent).await
+}
+
+/// `GET /v1/models`: what the caller may use, in OpenAI's list shape.
+fn models(core: &Rc<CoreCtx>, log: &mut RequestLog, req: &Request<Incoming>) -> Reply {
+    let snap = core.snapshot();
+    let principal = auth::authenticate(&snap, req.headers())?;
+    log.principal(&principal);
+    let mut data = Vec::new();
+    for (i, p) in snap.providers.iter().enumerate() {
+        for m in &p.models {
+            let target = Target { provider_index: i, provider: p, model: m, prefixed: false };
+            if access::authorize(&principal, &target).is_err() {
+                continue;
+            }
+            // The bare name is the id when it resolves here; otherwise only `provider/model` reaches it.
+            let id = if snap.provider_for_bare_model(m) == Some(i) { m.clone() } else { format!("{}/{m}", p.name) };
+            data.push(serde_json::json!({ "id": id, "object": "model", "created": 0, "owned_by": &*p.name }));
+        }
+    }
+    json_response(StatusCode::OK, serde_json::json!({ "object": "list", "data": data }).to_string())
+}
+
+fn health(core: &Rc<CoreCtx>) -> Response<GatewayBody> {
+    let snap = core.snapshot();
+    let draining = *core.shared.shutdown.borrow();
+    let body = serde_json::json!({
+        "status": if draining { "draining" } else { "ok" },
+        "config_version": snap.version,
+        "config_sha256": hex::encode(snap.content_hash),
+        "workers": core.shared.metrics.cores.len(),
+    });
+    let mut r = Response::new(GatewayBody::full(body.to_string()));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn metrics(core: &Rc<CoreCtx>) -> Response<GatewayBody> {
+    let mut r = Response::new(GatewayBody::full(core.shared.metrics.render()));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    r
+}
+
+/// Hands a path the data plane does not own to the control plane, and relays its answer.
+async fn control(core: &Rc<CoreCtx>, peer: SocketAddr, req: Request<Incoming>) -> Reply {
+    let limit = core.snapshot().server.max_body_bytes;
+    let (parts, body) = req.into_parts();
+    let body = read_body(body, limit).await?;
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let request = ControlRequest { method: parts.method, uri: parts.uri, headers: parts.headers, body, peer, reply };
+    core.shared
+        .control_tx
+        .send(request)
+        .map_err(|_| GatewayError::Unavailable("the control plane is not running".into()))?;
+    match monoio::time::timeout(CONTROL_TIMEOUT, answer).await {
+        Ok(Ok(resp)) => Ok(resp.map(GatewayBody::full)),
+        Ok(Err(_)) => Err(GatewayError::Unavailable("the control plane dropped the request".into())),
+        Err(_) => Err(GatewayError::Unavailable("the control plane did not answer in time".into())),
+    }
+}
+
+/// route + authorize: the requested model and every fallback, each checked against the allow-lists.
+fn route_and_authorize<'s, 'r>(
+    snap: &'s SnapRef,
+    principal: &Principal<'s>,
+    model: &'r str,
+    fallbacks: &'r [std::borrow::Cow<'r, str>],
+) -> Result<Vec<Target<'s, 'r>>, GatewayError> {
+    let mut targets = Vec::with_capacity(1 + fallbacks.len());
+    let primary = route::resolve(snap, model)?;
+    access::authorize(principal, &primary)?;
+    targets.push(primary);
+    for f in fallbacks {
+        let t = route::resolve(snap, f).map_err(|e| GatewayError::InvalidRequest(format!("fallback '{f}': {e}")))?;
+        access::authorize(principal, &t)?;
+        targets.push(t);
+    }
+    Ok(targets)
+}
+
+fn anthropic_body(snap: &SnapRef, body: &Bytes, t: &Target<'_, '_>) -> Result<Bytes, GatewayError> {
+    let doc: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| GatewayError::InvalidRequest(format!("request body is not valid JSON: {e}")))?;
+    let max = snap.price(&t.provider.name, t.model).and_then(|p| p.max_output_tokens).unwrap_or(DEFAULT_ANTHROPIC_MAX_TOKENS);
+    anthropic::request_to_anthropic(&doc, t.model, max).map(Bytes::from).map_err(translate_error)
+}
+
+fn translate_error(e: anthropic::TranslateError) -> GatewayError {
+    match e {
+        anthropic::TranslateError::InvalidRequest(m) => GatewayError::InvalidRequest(m),
+        other => GatewayError::Upstream(other.to_string()),
+    }
+}
+
+fn stream_reply(core: &Rc<CoreCtx>, log: &mut RequestLog, target: &Target<'_, '_>, sent: Sent, include_usage: bool) -> Response<GatewayBody> {
+    let mode = match target.provider.kind {
+        ProviderKind::Openai => StreamMode::OpenAi(openai::StreamFilter::new(include_usage)),
+        ProviderKind::Anthropic => StreamMode::Anthropic(Box::new(anthropic::StreamTranslator::new(target.model, include_usage))),
+    };
+    let upstream = sent.response.into_body();
+    let body = StreamBody::new(core.clone(), upstream, sent.lease, mode, target.provider.stream_idle_timeout, log.hand_off());
+    let mut r = Response::new(GatewayBody::Stream(Box::new(body)));
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    add_route_headers(h, target);
+    r
+}
+
+/// account: a non-streamed response is read whole, its usage taken, translated when needed.
+async fn whole_reply(core: &Rc<CoreCtx>, log: &mut RequestLog, target: &Target<'_, '_>, sent: Sent) -> Reply {
+    let provider = target.provider;
+    let read = monoio::time::timeout(provider.timeout, Limited::new(sent.response.into_body(), UPSTREAM_BODY_LIMIT).collect()).await;
+    let bytes = match read {
+        Ok(Ok(c)) => c.to_bytes(),
+        Ok(Err(e)) => return Err(GatewayError::Upstream(format!("provider '{}' sent an unreadable body: {e}", provider.name))),
+        Err(_) => return Err(GatewayError::UpstreamTimeout(format!("provider '{}' did not finish its response in time", provider.name))),
+    };
+    core.pool.give_back(sent.lease);
+    log.ttfb = Some(log.elapsed());
+    let bytes = match provider.kind {
+        ProviderKind::Openai => {
+            log.usage = openai::body_usage(&bytes);
+            bytes
+        }
+        ProviderKind::Anthropic => {
+            let (translated, usage) = anthropic::response_from_anthropic(&bytes, target.model).map_err(translate_error)?;
+            log.usage = Some(usage);
+            Bytes::from(translated)
+        }
+    };
+    let mut r = json_response(StatusCode::OK, bytes)?;
+    add_route_headers(r.headers_mut(), target);
+    Ok(r)
+}
+
+fn add_route_headers(h: &mut http::HeaderMap, target: &Target<'_, '_>) {
+    if let Ok(v) = HeaderValue::from_str(&target.provider.name) {
+        h.insert("x-heimdall-provider", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(target.model) {
+        h.insert("x-heimdall-model", v);
+    }
+}
+
+fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Reply {
+    let mut r = Response::new(GatewayBody::full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(r)
+}
+
+/// Reads a request body, refusing it (413) as soon as it passes `limit`.
+async fn read_body(body: Incoming, limit: u64) -> Result<Bytes, GatewayError> {
+    use http_body::Body as _;
+    if body.size_hint().lower() > limit {
+        return Err(GatewayError::PayloadTooLarge { limit });
+    }
+    match Limited::new(body, limit as usize).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(GatewayError::PayloadTooLarge { limit }),
+        Err(e) => Err(GatewayError::InvalidRequest(format!("could not read the request body: {e}"))),
+    }
+}

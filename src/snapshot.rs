@@ -1,0 +1,291 @@
+//! The immutable Snapshot every request reads: settings, providers and their routes, virtual keys,
+//! pricing. Built only by the control plane from a validated config; never mutated after publish.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::config::{FileConfig, LoadedConfig, ProviderKind, secret};
+
+/// Everything the data plane needs to serve a request, as one consistent version.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increases by one with every published snapshot; shown on `/health`.
+    pub version: u64,
+    pub content_hash: [u8; 32],
+    pub server: ServerSettings,
+    pub providers: Vec<Provider>,
+    provider_by_name: FxHashMap<Box<str>, usize>,
+    /// Bare model name → the first provider that lists it.
+    bare_models: FxHashMap<Box<str>, usize>,
+    keys_by_hash: FxHashMap<[u8; 32], usize>,
+    pub virtual_keys: Vec<VirtualKey>,
+    pub pricing: FxHashMap<String, Price>,
+    /// The file as parsed, for the control plane's later consumers (management API, reports).
+    pub config: Arc<FileConfig>,
+}
+
+#[derive(Debug)]
+pub struct ServerSettings {
+    pub require_virtual_key: bool,
+    pub max_body_bytes: u64,
+    pub admin_token: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Provider {
+    pub name: Arc<str>,
+    pub kind: ProviderKind,
+    pub origin: Origin,
+    /// Path of the chat endpoint upstream (`/v1/chat/completions` or `/v1/messages`).
+    pub chat_path: String,
+    /// OpenAI kind only.
+    pub embeddings_path: Option<String>,
+    pub models: Vec<String>,
+    pub keys: Vec<ProviderKey>,
+    pub timeout: Duration,
+    pub stream_idle_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_retries: u32,
+    pub retry_backoff: Duration,
+    pub retry_backoff_max: Duration,
+    pub pool_max_idle: usize,
+}
+
+/// Where a provider lives. `key` identifies the connection pool on each core.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub key: Arc<str>,
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// The `Host` header value.
+    pub authority: HeaderValue,
+    /// Resolved by the control plane when the snapshot was built (the data plane never blocks on DNS).
+    pub addrs: Vec<SocketAddr>,
+}
+
+#[derive(Debug)]
+pub struct ProviderKey {
+    /// Ready-made auth header value (`Bearer …` for OpenAI kind, the raw key for Anthropic).
+    pub header: HeaderValue,
+    pub weight: f64,
+}
+
+#[derive(Debug, Clone)]
+pub enum AllowList {
+    All,
+    Only(FxHashSet<String>),
+}
+
+impl AllowList {
+    fn from_config(list: &Option<Vec<String>>) -> Self {
+        match list {
+            None => AllowList::All,
+            Some(l) if l.iter().any(|e| e == "*") => AllowList::All,
+            Some(l) => AllowList::Only(l.iter().cloned().collect()),
+        }
+    }
+
+    /// Model lists match `model`, `provider/model` or `provider/*`.
+    pub fn allows_model(&self, provider: &str, model: &str) -> bool {
+        match self {
+            AllowList::All => true,
+            AllowList::Only(set) => {
+                set.contains(model)
+                    || set.contains(&format!("{provider}/{model}"))
+                    || set.contains(&format!("{provider}/*"))
+            }
+        }
+    }
+
+    pub fn allows(&self, name: &str) -> bool {
+        match self {
+            AllowList::All => true,
+            AllowList::Only(set) => set.contains(name),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct VirtualKey {
+    pub id: Arc<str>,
+    pub name: Option<String>,
+    pub active: bool,
+    pub allowed_models: AllowList,
+    pub allowed_providers: AllowList,
+    pub user: Option<Arc<str>>,
+    pub team: Option<Arc<str>>,
+    pub customer: Option<Arc<str>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Price {
+    pub input_per_mtok: f64,
+    pub output_per_mtok: f64,
+    pub cached_input_per_mtok: Option<f64>,
+    pub max_output_tokens: Option<u64>,
+}
+
+/// Why a validated config could still not become a snapshot (a secret vanished between check and build).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BuildError(String);
+
+impl Snapshot {
+    /// Builds the lookups. Runs on the control plane (it may resolve DNS, which blocks).
+    pub fn build(loaded: &LoadedConfig, version: u64) -> Result<Self, BuildError> {
+        let c = &loaded.config;
+        let mut providers = Vec::with_capacity(c.providers.len());
+        let mut provider_by_name = FxHashMap::default();
+        let mut bare_models = FxHashMap::default();
+        for (i, p) in c.providers.iter().enumerate() {
+            let uri: http::Uri = p.base_url.parse().map_err(|e| BuildError(format!("provider {}: {e}", p.name)))?;
+            let origin = Origin::from_uri(&uri).map_err(|e| BuildError(format!("provider {}: {e}", p.name)))?;
+            let base_path = uri.path().trim_end_matches('/').to_string();
+            let (chat_path, embeddings_path) = match p.kind {
+                ProviderKind::Openai => (format!("{base_path}/chat/completions"), Some(format!("{base_path}/embeddings"))),
+                ProviderKind::Anthropic => (format!("{base_path}/v1/messages"), None),
+            };
+            let mut keys = Vec::with_capacity(p.keys.len());
+            for k in &p.keys {
+                let value = secret::resolve(&k.value).map_err(|e| BuildError(format!("provider {}: {e}", p.name)))?;
+                let raw = match p.kind {
+                    ProviderKind::Openai => format!("Bearer {value}"),
+                    ProviderKind::Anthropic => value,
+                };
+                let mut header = HeaderValue::from_str(&raw)
+                    .map_err(|_| BuildError(format!("provider {}: a key holds characters not allowed in a header", p.name)))?;
+                header.set_sensitive(true);
+                keys.push(ProviderKey { header, weight: k.weight });
+            }
+            for m in &p.models {
+                bare_models.entry(m.as_str().into()).or_insert(i);
+            }
+            provider_by_name.insert(p.name.as_str().into(), i);
+            providers.push(Provider {
+                name: p.name.as_str().into(),
+                kind: p.kind,
+                origin,
+                chat_path,
+                embeddings_path,
+                models: p.models.clone(),
+                keys,
+                timeout: p.timeout,
+                stream_idle_timeout: p.stream_idle_timeout,
+                connect_timeout: p.connect_timeout,
+                max_retries: p.max_retries,
+                retry_backoff: p.retry_backoff,
+                retry_backoff_max: p.retry_backoff_max,
+                pool_max_idle: p.pool_max_idle,
+            });
+        }
+
+        let mut virtual_keys = Vec::with_capacity(c.governance.virtual_keys.len());
+        let mut keys_by_hash = FxHashMap::default();
+        for (i, k) in c.governance.virtual_keys.iter().enumerate() {
+            let hash = match (&k.value, &k.value_sha256) {
+                (Some(v), _) => crate::auth::hash_key(&secret::resolve(v).map_err(|e| BuildError(format!("virtual key {}: {e}", k.id)))?),
+                (None, Some(h)) => crate::auth::parse_hash(h).ok_or_else(|| BuildError(format!("virtual key {}: bad value_sha256", k.id)))?,
+                (None, None) => return Err(BuildError(format!("virtual key {}: no value", k.id))),
+            };
+            keys_by_hash.insert(hash, i);
+            virtual_keys.push(VirtualKey {
+                id: k.id.as_str().into(),
+                name: k.name.clone(),
+                active: k.active,
+                allowed_models: AllowList::from_config(&k.allowed_models),
+                allowed_providers: AllowList::from_config(&k.allowed_providers),
+                user: k.user.as_deref().map(Into::into),
+                team: k.team.as_deref().map(Into::into),
+                customer: k.customer.as_deref().map(Into::into),
+            });
+        }
+
+        let pricing = c
+            .pricing
+            .iter()
+            .map(|(m, p)| {
+                let price = Price {
+                    input_per_mtok: p.input_per_mtok,
+                    output_per_mtok: p.output_per_mtok,
+                    cached_input_per_mtok: p.cached_input_per_mtok,
+                    max_output_tokens: p.max_output_tokens,
+                };
+                (m.clone(), price)
+            })
+            .collect();
+
+        let admin_token = match &c.server.admin_token {
+            Some(r) => match secret::resolve(r) {
+                Ok(v) if !v.is_empty() => Some(v),
+                _ => {
+                    tracing::warn!("server.admin_token does not resolve: the management API stays closed");
+                    None
+                }
+            },
+            None => None,
+        };
+
+        Ok(Snapshot {
+            version,
+            content_hash: loaded.content_hash,
+            server: ServerSettings {
+                require_virtual_key: c.server.require_virtual_key,
+                max_body_bytes: c.server.max_body_bytes,
+                admin_token,
+            },
+            providers,
+            provider_by_name,
+            bare_models,
+            keys_by_hash,
+            virtual_keys,
+            pricing,
+            config: Arc::new(c.clone()),
+        })
+    }
+
+    pub fn virtual_key_by_hash(&self, hash: &[u8; 32]) -> Option<&VirtualKey> {
+        self.keys_by_hash.get(hash).map(|&i| &self.virtual_keys[i])
+    }
+
+    pub fn provider(&self, name: &str) -> Option<(usize, &Provider)> {
+        self.provider_by_name.get(name).map(|&i| (i, &self.providers[i]))
+    }
+
+    /// The provider that serves a bare model name, if any lists it.
+    pub fn provider_for_bare_model(&self, model: &str) -> Option<usize> {
+        self.bare_models.get(model).copied()
+    }
+
+    /// The price of a model: `provider/model` first, then the bare name.
+    pub fn price(&self, provider: &str, model: &str) -> Option<&Price> {
+        self.pricing.get(&format!("{provider}/{model}")).or_else(|| self.pricing.get(model))
+    }
+}
+
+impl Origin {
+    fn from_uri(uri: &http::Uri) -> Result<Self, String> {
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            other => return Err(format!("unsupported scheme {other:?}")),
+        };
+        let host = uri.host().ok_or("no host")?.trim_matches(['[', ']']).to_string();
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let authority = HeaderValue::from_str(uri.authority().map(|a| a.as_str()).unwrap_or(&host)).map_err(|e| e.to_string())?;
+        // A name that does not resolve now is not a config error (DNS hiccups happen); requests to it
+        // answer 502 until a later snapshot resolves it.
+        let addrs = match (host.as_str(), port).to_socket_addrs() {
+            Ok(a) => a.collect(),
+            Err(e) => {
+                tracing::warn!(%host, error = %e, "cannot resolve provider host");
+                Vec::new()
+            }
+        };
+        Ok(Origin { key: format!("{}://{host}:{port}", if tls { "https" } else { "http" }).into(), tls, host, port, authority, addrs })
+    }
+}

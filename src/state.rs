@@ -1,0 +1,20 @@
+//! What the data-plane cores and the control plane share: the published snapshot, the metrics,
+//! the hand-off channel and the shutdown signal. Counters live here, never inside a snapshot.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::handoff::ControlRequest;
+use crate::metrics::Metrics;
+use crate::snapshot::Snapshot;
+
+pub struct Shared {
+    /// Swapped whole by the control plane; read by every request.
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub metrics: Metrics,
+    /// Paths the data plane does not own go to the control plane through here.
+    pub control_tx: tokio::sync::mpsc::UnboundedSender<ControlRequest>,
+    /// Flips to true once: stop accepting, finish in-flight requests, exit.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
