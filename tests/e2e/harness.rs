@@ -1,0 +1,221 @@
+//! Real processes on loopback: the `mock-upstream` and `heimdall` binaries on port 0, a temp
+//! config, and an HTTP client. Dropping a handle stops its process.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub struct Proc {
+    pub child: Child,
+    pub addr: String,
+    stderr_log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `bin` and waits for its "listening on http://ADDR" line on stdout.
+    fn start(bin: &str, args: &[&str], log_name: &str, dir: &std::path::Path) -> Proc {
+        let stderr_log = dir.join(format!("{log_name}.stderr"));
+        let err = std::fs::File::create(&stderr_log).unwrap();
+        let mut child = Command::new(bin)
+            .args(args)
+            .env("RUST_LOG", "info,heimdall=debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(err))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.split("listening on http://").nth(1) {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("{bin} did not start: {}", std::fs::read_to_string(&stderr_log).unwrap_or_default());
+            }
+        };
+        Proc { child, addr, stderr_log }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status().unwrap().success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn mock(args: &[&str]) -> (Proc, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut all = vec!["--listen", "127.0.0.1:0", "--workers", "2"];
+    all.extend_from_slice(args);
+    let p = Proc::start(env!("CARGO_BIN_EXE_mock-upstream"), &all, "mock", dir.path());
+    (p, dir)
+}
+
+/// A running gateway with its config file (which tests may rewrite to reload).
+pub struct Gateway {
+    pub proc: Proc,
+    pub config_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    pub fn url(&self, path: &str) -> String {
+        self.proc.url(path)
+    }
+
+    /// Replaces the config file the way an editor does (write a temp file, rename over).
+    pub fn rewrite_config(&self, text: &str) {
+        let tmp = self.config_path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.config_path).unwrap();
+    }
+
+    pub async fn metric(&self, name_and_labels: &str) -> f64 {
+        let text = reqwest::get(self.url("/metrics")).await.unwrap().text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name_and_labels).and_then(|rest| rest.trim().parse::<f64>().ok()))
+            .unwrap_or(0.0)
+    }
+}
+
+pub fn gateway(config: &str) -> Gateway {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("heimdall.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let proc = Proc::start(
+        env!("CARGO_BIN_EXE_heimdall"),
+        &["serve", "--config", config_path.to_str().unwrap()],
+        "heimdall",
+        dir.path(),
+    );
+    Gateway { proc, config_path, _dir: dir }
+}
+
+/// A config with the usual test providers pointing at `mock`. `extra` is appended as is.
+pub fn config(mock_addr: &str, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+workers = 2
+require_virtual_key = true
+max_body_bytes = 65536
+shutdown_grace = "5s"
+
+[[providers]]
+name = "openai"
+kind = "openai"
+base_url = "http://{mock_addr}/v1"
+models = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "mock-error-500", "mock-error-429", "mock-error-400", "mock-hang", "mock-slow-stream"]
+keys = [{{ value = "sk-good" }}]
+timeout = "2s"
+retry_backoff = "10ms"
+retry_backoff_max = "50ms"
+stream_idle_timeout = "5s"
+
+[[providers]]
+name = "anthropic"
+kind = "anthropic"
+base_url = "http://{mock_addr}"
+models = ["claude-3-5-sonnet-20241022"]
+keys = [{{ value = "sk-ant-good" }}]
+retry_backoff = "10ms"
+
+[pricing."claude-3-5-sonnet-20241022"]
+input_per_mtok = 3.0
+output_per_mtok = 15.0
+max_output_tokens = 8192
+
+[[governance.virtual_keys]]
+id = "vk-test"
+value = "vk-test-key"
+
+[[governance.virtual_keys]]
+id = "vk-off"
+value = "vk-off-key"
+active = false
+
+[[governance.virtual_keys]]
+id = "vk-mini-only"
+value = "vk-mini-key"
+allowed_models = ["gpt-4o-mini"]
+
+[[governance.virtual_keys]]
+id = "vk-openai-only"
+value = "vk-openai-key"
+allowed_providers = ["openai"]
+{extra}
+"#
+    )
+}
+
+pub const KEY: &str = "vk-test-key";
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+pub fn chat_body(model: &str, text: &str) -> serde_json::Value {
+    serde_json::json!({ "model": model, "messages": [{ "role": "user", "content": text }] })
+}
+
+pub async fn post(url: &str, key: Option<&str>, body: &serde_json::Value) -> reqwest::Response {
+    let mut req = client().post(url).json(body);
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    req.send().await.unwrap()
+}
+
+/// Asserts the error shape and type; returns the message.
+pub async fn expect_error(resp: reqwest::Response, status: u16, error_type: &str) -> String {
+    assert_eq!(resp.status().as_u16(), status, "wrong status");
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["type"], error_type, "{v}");
+    v["error"]["message"].as_str().unwrap().to_string()
+}
+
+pub async fn mock_stats(mock: &Proc) -> serde_json::Value {
+    reqwest::get(mock.url("/_mock/stats")).await.unwrap().json().await.unwrap()
+}
+
+/// Parses an SSE body into its `data:` payloads.
+pub fn sse_data(text: &str) -> Vec<String> {
+    text.split("\n\n").filter_map(|e| e.trim().strip_prefix("data: ").map(str::to_string)).collect()
+}
