@@ -9,7 +9,9 @@ use http::{HeaderValue, StatusCode};
 pub enum GatewayError {
     #[error("{0}")]
     InvalidRequest(String),
-    #[error("a credential is required: send a virtual key as `Authorization: Bearer …`, `x-bf-vk`, `x-api-key` or `api-key`")]
+    #[error(
+        "a credential is required: send a virtual key as `Authorization: Bearer …`, `x-bf-vk`, `x-api-key` or `api-key`"
+    )]
     AuthenticationRequired,
     #[error("{0}")]
     InvalidToken(String),
@@ -76,10 +78,9 @@ impl GatewayError {
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             UnpricedModel(_) => StatusCode::UNPROCESSABLE_ENTITY,
             RateLimited { .. } | RequestLimited { .. } | TokenLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ProviderRejected { status, .. } => StatusCode::from_u16(*status)
-                .ok()
-                .filter(|s| s.is_client_error())
-                .unwrap_or(StatusCode::BAD_REQUEST),
+            ProviderRejected { status, .. } => {
+                StatusCode::from_u16(*status).ok().filter(|s| s.is_client_error()).unwrap_or(StatusCode::BAD_REQUEST)
+            }
             Upstream(_) => StatusCode::BAD_GATEWAY,
             UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

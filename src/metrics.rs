@@ -186,7 +186,8 @@ impl Metrics {
         writeln!(o, "# TYPE heimdall_request_duration_seconds histogram")?;
         for route in RouteLabel::ALL {
             let r = route as usize;
-            let counts: Vec<u64> = (0..=BUCKETS.len()).map(|b| self.sum(|c| c.latency_buckets[r][b].load(Relaxed))).collect();
+            let counts: Vec<u64> =
+                (0..=BUCKETS.len()).map(|b| self.sum(|c| c.latency_buckets[r][b].load(Relaxed))).collect();
             let total: u64 = counts.iter().sum();
             if total == 0 {
                 continue;
@@ -194,9 +195,17 @@ impl Metrics {
             let mut cumulative = 0;
             for (i, ub) in BUCKETS.iter().enumerate() {
                 cumulative += counts[i];
-                writeln!(o, "heimdall_request_duration_seconds_bucket{{route=\"{}\",le=\"{ub}\"}} {cumulative}", route.as_str())?;
+                writeln!(
+                    o,
+                    "heimdall_request_duration_seconds_bucket{{route=\"{}\",le=\"{ub}\"}} {cumulative}",
+                    route.as_str()
+                )?;
             }
-            writeln!(o, "heimdall_request_duration_seconds_bucket{{route=\"{}\",le=\"+Inf\"}} {total}", route.as_str())?;
+            writeln!(
+                o,
+                "heimdall_request_duration_seconds_bucket{{route=\"{}\",le=\"+Inf\"}} {total}",
+                route.as_str()
+            )?;
             let sum = self.sum(|c| c.latency_sum_us[r].load(Relaxed)) as f64 / 1e6;
             writeln!(o, "heimdall_request_duration_seconds_sum{{route=\"{}\"}} {sum}", route.as_str())?;
             writeln!(o, "heimdall_request_duration_seconds_count{{route=\"{}\"}} {total}", route.as_str())?;
@@ -221,8 +230,18 @@ impl Metrics {
         let streams: i64 = self.cores.iter().map(|c| c.streams_open.load(Relaxed)).sum();
         gauge(o, "heimdall_connections_open", "Client connections open.", conns)?;
         gauge(o, "heimdall_streams_open", "Streamed responses in flight.", streams)?;
-        gauge(o, "heimdall_audit_ring_depth", "Audit records waiting for the control plane.", self.audit_ring_depth() as i64)?;
-        counter(o, "heimdall_audit_records_total", "Audit records drained by the control plane.", self.audit_drained.load(Relaxed))?;
+        gauge(
+            o,
+            "heimdall_audit_ring_depth",
+            "Audit records waiting for the control plane.",
+            self.audit_ring_depth() as i64,
+        )?;
+        counter(
+            o,
+            "heimdall_audit_records_total",
+            "Audit records drained by the control plane.",
+            self.audit_drained.load(Relaxed),
+        )?;
         counter(
             o,
             "heimdall_audit_spilled_total",
@@ -230,8 +249,18 @@ impl Metrics {
             self.sum(|c| c.audit_spilled.load(Relaxed)),
         )?;
         counter(o, "heimdall_config_reloads_total", "Config reloads published.", self.reloads_ok.load(Relaxed))?;
-        counter(o, "heimdall_config_reload_failures_total", "Config reloads refused.", self.reloads_failed.load(Relaxed))?;
-        gauge(o, "heimdall_config_version", "Version of the snapshot being served.", self.config_version.load(Relaxed) as i64)?;
+        counter(
+            o,
+            "heimdall_config_reload_failures_total",
+            "Config reloads refused.",
+            self.reloads_failed.load(Relaxed),
+        )?;
+        gauge(
+            o,
+            "heimdall_config_version",
+            "Version of the snapshot being served.",
+            self.config_version.load(Relaxed) as i64,
+        )?;
         gauge(o, "heimdall_workers", "Data-plane cores.", self.cores.len() as i64)
     }
 }

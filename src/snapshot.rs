@@ -147,7 +147,9 @@ impl Snapshot {
             let origin = Origin::from_uri(&uri).map_err(|e| BuildError(format!("provider {}: {e}", p.name)))?;
             let base_path = uri.path().trim_end_matches('/').to_string();
             let (chat_path, embeddings_path) = match p.kind {
-                ProviderKind::Openai => (format!("{base_path}/chat/completions"), Some(format!("{base_path}/embeddings"))),
+                ProviderKind::Openai => {
+                    (format!("{base_path}/chat/completions"), Some(format!("{base_path}/embeddings")))
+                }
                 ProviderKind::Anthropic => (format!("{base_path}/v1/messages"), None),
             };
             let mut keys = Vec::with_capacity(p.keys.len());
@@ -157,8 +159,9 @@ impl Snapshot {
                     ProviderKind::Openai => format!("Bearer {value}"),
                     ProviderKind::Anthropic => value,
                 };
-                let mut header = HeaderValue::from_str(&raw)
-                    .map_err(|_| BuildError(format!("provider {}: a key holds characters not allowed in a header", p.name)))?;
+                let mut header = HeaderValue::from_str(&raw).map_err(|_| {
+                    BuildError(format!("provider {}: a key holds characters not allowed in a header", p.name))
+                })?;
                 header.set_sensitive(true);
                 keys.push(ProviderKey { header, weight: k.weight });
             }
@@ -188,8 +191,11 @@ impl Snapshot {
         let mut keys_by_hash = FxHashMap::default();
         for (i, k) in c.governance.virtual_keys.iter().enumerate() {
             let hash = match (&k.value, &k.value_sha256) {
-                (Some(v), _) => crate::auth::hash_key(&secret::resolve(v).map_err(|e| BuildError(format!("virtual key {}: {e}", k.id)))?),
-                (None, Some(h)) => crate::auth::parse_hash(h).ok_or_else(|| BuildError(format!("virtual key {}: bad value_sha256", k.id)))?,
+                (Some(v), _) => crate::auth::hash_key(
+                    &secret::resolve(v).map_err(|e| BuildError(format!("virtual key {}: {e}", k.id)))?,
+                ),
+                (None, Some(h)) => crate::auth::parse_hash(h)
+                    .ok_or_else(|| BuildError(format!("virtual key {}: bad value_sha256", k.id)))?,
                 (None, None) => return Err(BuildError(format!("virtual key {}: no value", k.id))),
             };
             keys_by_hash.insert(hash, i);
@@ -276,7 +282,8 @@ impl Origin {
         };
         let host = uri.host().ok_or("no host")?.trim_matches(['[', ']']).to_string();
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        let authority = HeaderValue::from_str(uri.authority().map(|a| a.as_str()).unwrap_or(&host)).map_err(|e| e.to_string())?;
+        let authority =
+            HeaderValue::from_str(uri.authority().map(|a| a.as_str()).unwrap_or(&host)).map_err(|e| e.to_string())?;
         // A name that does not resolve now is not a config error (DNS hiccups happen); requests to it
         // answer 502 until a later snapshot resolves it.
         let addrs = match (host.as_str(), port).to_socket_addrs() {
@@ -286,6 +293,13 @@ impl Origin {
                 Vec::new()
             }
         };
-        Ok(Origin { key: format!("{}://{host}:{port}", if tls { "https" } else { "http" }).into(), tls, host, port, authority, addrs })
+        Ok(Origin {
+            key: format!("{}://{host}:{port}", if tls { "https" } else { "http" }).into(),
+            tls,
+            host,
+            port,
+            authority,
+            addrs,
+        })
     }
 }

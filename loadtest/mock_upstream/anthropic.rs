@@ -6,12 +6,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::body::SseEvent;
 use crate::server::{
-    Api, Ctx, HandlerResult, api_key, before_inference, check_key, error, is_slow_stream, json_ok,
-    read_body, sse_event,
+    Api, Ctx, HandlerResult, api_key, before_inference, check_key, error, is_slow_stream, json_ok, read_body, sse_event,
 };
 use crate::text::{
-    Str, Text, apply_max_tokens, char_count, contains_ignore_ascii_case, prefix_chars, split_even,
-    tokens, tokens_for_chars,
+    Str, Text, apply_max_tokens, char_count, contains_ignore_ascii_case, prefix_chars, split_even, tokens,
+    tokens_for_chars,
 };
 
 /// The tool call the mock makes, and its JSON arguments.
@@ -65,27 +64,16 @@ pub struct Reply {
 
 pub fn reply(req: &MessagesRequest<'_>, max_tokens: u64) -> Reply {
     let system = req.system.as_str();
-    let input_chars: usize = char_count(system)
-        + req
-            .messages
-            .iter()
-            .map(|m| char_count(m.content.as_str()))
-            .sum::<usize>();
+    let input_chars: usize =
+        char_count(system) + req.messages.iter().map(|m| char_count(m.content.as_str())).sum::<usize>();
     let input_tokens = tokens_for_chars(input_chars);
-    let last_user = req
-        .messages
-        .iter()
-        .rev()
-        .find(|m| m.role.as_str() == "user")
-        .map_or("", |m| m.content.as_str());
+    let last_user = req.messages.iter().rev().find(|m| m.role.as_str() == "user").map_or("", |m| m.content.as_str());
     let first_tool = req.tools.as_ref().and_then(|t| t.first());
     if let Some(tool) = first_tool
         && contains_ignore_ascii_case(last_user, "weather")
     {
         return Reply {
-            content: ReplyContent::ToolUse {
-                name: tool.name.as_str().to_owned(),
-            },
+            content: ReplyContent::ToolUse { name: tool.name.as_str().to_owned() },
             stop_reason: "tool_use",
             input_tokens,
             output_tokens: tokens(TOOL_INPUT_JSON),
@@ -110,14 +98,8 @@ pub fn reply(req: &MessagesRequest<'_>, max_tokens: u64) -> Reply {
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Block<'a> {
-    Text {
-        text: &'a str,
-    },
-    ToolUse {
-        id: &'static str,
-        name: &'a str,
-        input: ToolInput,
-    },
+    Text { text: &'a str },
+    ToolUse { id: &'static str, name: &'a str, input: ToolInput },
 }
 
 /// The tool call's arguments: `{"city":"Paris"}`, or `{}` at the start of a
@@ -213,11 +195,9 @@ struct MessageDelta {
 fn block(content: &ReplyContent) -> Block<'_> {
     match content {
         ReplyContent::Text(text) => Block::Text { text },
-        ReplyContent::ToolUse { name } => Block::ToolUse {
-            id: TOOL_ID,
-            name,
-            input: ToolInput::City { city: "Paris" },
-        },
+        ReplyContent::ToolUse { name } => {
+            Block::ToolUse { id: TOOL_ID, name, input: ToolInput::City { city: "Paris" } }
+        }
     }
 }
 
@@ -227,45 +207,25 @@ pub async fn messages(ctx: &Ctx, req: Request<Incoming>) -> HandlerResult {
         if let Some(key) = api_key(headers, Api::Anthropic) {
             ctx.stats.count_key(key);
         }
-        return Ok(error(
-            Api::Anthropic,
-            StatusCode::UNAUTHORIZED,
-            "x-api-key header is required",
-        ));
+        return Ok(error(Api::Anthropic, StatusCode::UNAUTHORIZED, "x-api-key header is required"));
     }
     if let Some(resp) = check_key(ctx, Api::Anthropic, api_key(headers, Api::Anthropic)) {
         return Ok(resp);
     }
     if !headers.contains_key("anthropic-version") {
-        return Ok(error(
-            Api::Anthropic,
-            StatusCode::BAD_REQUEST,
-            "anthropic-version: header is required",
-        ));
+        return Ok(error(Api::Anthropic, StatusCode::BAD_REQUEST, "anthropic-version: header is required"));
     }
     let Ok(body) = read_body(req).await else {
-        return Ok(error(
-            Api::Anthropic,
-            StatusCode::BAD_REQUEST,
-            "could not read request body",
-        ));
+        return Ok(error(Api::Anthropic, StatusCode::BAD_REQUEST, "could not read request body"));
     };
     let parsed: MessagesRequest<'_> = match serde_json::from_slice(&body) {
         Ok(p) => p,
         Err(e) => {
-            return Ok(error(
-                Api::Anthropic,
-                StatusCode::BAD_REQUEST,
-                &format!("invalid request body: {e}"),
-            ));
+            return Ok(error(Api::Anthropic, StatusCode::BAD_REQUEST, &format!("invalid request body: {e}")));
         }
     };
     let Some(max_tokens) = parsed.max_tokens else {
-        return Ok(error(
-            Api::Anthropic,
-            StatusCode::BAD_REQUEST,
-            "max_tokens: Field required",
-        ));
+        return Ok(error(Api::Anthropic, StatusCode::BAD_REQUEST, "max_tokens: Field required"));
     };
     let model = parsed.model.as_str();
     if let Some(resp) = before_inference(ctx, Api::Anthropic, model).await {
@@ -282,22 +242,14 @@ pub async fn messages(ctx: &Ctx, req: Request<Incoming>) -> HandlerResult {
             content: vec![block(&reply.content)],
             stop_reason: Some(reply.stop_reason),
             stop_sequence: None,
-            usage: Usage {
-                input_tokens: reply.input_tokens,
-                output_tokens: reply.output_tokens,
-            },
+            usage: Usage { input_tokens: reply.input_tokens, output_tokens: reply.output_tokens },
         });
     }
     let events = stream_events(&id, model, &reply, ctx.cfg().stream_chunks)?;
     Ok(ctx.sse(events, is_slow_stream(model)))
 }
 
-fn stream_events(
-    id: &str,
-    model: &str,
-    reply: &Reply,
-    chunks: usize,
-) -> serde_json::Result<Vec<SseEvent>> {
+fn stream_events(id: &str, model: &str, reply: &Reply, chunks: usize) -> serde_json::Result<Vec<SseEvent>> {
     let mut events = Vec::with_capacity(chunks + 7);
     events.push(SseEvent::now(sse_event(
         "message_start",
@@ -311,28 +263,17 @@ fn stream_events(
                 content: Vec::new(),
                 stop_reason: None,
                 stop_sequence: None,
-                usage: Usage {
-                    input_tokens: reply.input_tokens,
-                    output_tokens: 0,
-                },
+                usage: Usage { input_tokens: reply.input_tokens, output_tokens: 0 },
             },
         },
     )?));
     let start_block = match &reply.content {
         ReplyContent::Text(_) => Block::Text { text: "" },
-        ReplyContent::ToolUse { name } => Block::ToolUse {
-            id: TOOL_ID,
-            name,
-            input: ToolInput::Empty {},
-        },
+        ReplyContent::ToolUse { name } => Block::ToolUse { id: TOOL_ID, name, input: ToolInput::Empty {} },
     };
     let start = sse_event(
         "content_block_start",
-        &BlockStart {
-            kind: "content_block_start",
-            index: 0,
-            content_block: start_block,
-        },
+        &BlockStart { kind: "content_block_start", index: 0, content_block: start_block },
     )?;
     events.push(SseEvent::now(start));
     events.push(SseEvent::now(sse_event("ping", &Typed { kind: "ping" })?));
@@ -344,45 +285,23 @@ fn stream_events(
         let delta = if is_text {
             DeltaBody::TextDelta { text: piece }
         } else {
-            DeltaBody::InputJsonDelta {
-                partial_json: piece,
-            }
+            DeltaBody::InputJsonDelta { partial_json: piece }
         };
         events.push(SseEvent::after_delay(sse_event(
             "content_block_delta",
-            &BlockDelta {
-                kind: "content_block_delta",
-                index: 0,
-                delta,
-            },
+            &BlockDelta { kind: "content_block_delta", index: 0, delta },
         )?));
     }
-    events.push(SseEvent::now(sse_event(
-        "content_block_stop",
-        &BlockStop {
-            kind: "content_block_stop",
-            index: 0,
-        },
-    )?));
+    events.push(SseEvent::now(sse_event("content_block_stop", &BlockStop { kind: "content_block_stop", index: 0 })?));
     events.push(SseEvent::now(sse_event(
         "message_delta",
         &MessageDelta {
             kind: "message_delta",
-            delta: MessageDeltaInner {
-                stop_reason: reply.stop_reason,
-                stop_sequence: None,
-            },
-            usage: OutputUsage {
-                output_tokens: reply.output_tokens,
-            },
+            delta: MessageDeltaInner { stop_reason: reply.stop_reason, stop_sequence: None },
+            usage: OutputUsage { output_tokens: reply.output_tokens },
         },
     )?));
-    events.push(SseEvent::now(sse_event(
-        "message_stop",
-        &Typed {
-            kind: "message_stop",
-        },
-    )?));
+    events.push(SseEvent::now(sse_event("message_stop", &Typed { kind: "message_stop" })?));
     Ok(events)
 }
 
@@ -403,9 +322,7 @@ mod tests {
         let r = reply(&req, 1024);
         assert_eq!(
             r.content,
-            ReplyContent::Text(
-                "mock reply to: Hi there | system=You are terse. | max_tokens=1024".into()
-            )
+            ReplyContent::Text("mock reply to: Hi there | system=You are terse. | max_tokens=1024".into())
         );
         assert_eq!(r.stop_reason, "end_turn");
         assert_eq!(r.input_tokens, 6); // ceil((14 + 8) / 4)
@@ -414,8 +331,7 @@ mod tests {
 
     #[test]
     fn small_max_tokens_truncates() {
-        let req =
-            parse(r#"{"model":"c","max_tokens":2,"messages":[{"role":"user","content":"hi"}]}"#);
+        let req = parse(r#"{"model":"c","max_tokens":2,"messages":[{"role":"user","content":"hi"}]}"#);
         let r = reply(&req, 2);
         assert_eq!(r.content, ReplyContent::Text("mock rep".into()));
         assert_eq!(r.stop_reason, "max_tokens");
@@ -430,12 +346,7 @@ mod tests {
                 "messages":[{"role":"user","content":"What's the weather in Paris?"}]}"#,
         );
         let r = reply(&req, 100);
-        assert_eq!(
-            r.content,
-            ReplyContent::ToolUse {
-                name: "get_weather".into()
-            }
-        );
+        assert_eq!(r.content, ReplyContent::ToolUse { name: "get_weather".into() });
         assert_eq!(r.stop_reason, "tool_use");
         let events = stream_events("msg_1", "c", &r, 3).unwrap();
         let mut json = String::new();
@@ -456,20 +367,14 @@ mod tests {
 
     #[test]
     fn stream_event_sequence() {
-        let req = parse(
-            r#"{"model":"c","max_tokens":100,"messages":[{"role":"user","content":"hello"}]}"#,
-        );
+        let req = parse(r#"{"model":"c","max_tokens":100,"messages":[{"role":"user","content":"hello"}]}"#);
         let r = reply(&req, 100);
         let events = stream_events("msg_1", "c", &r, 4).unwrap();
         let names: Vec<String> = events
             .iter()
             .map(|e| {
                 let s = std::str::from_utf8(&e.bytes).unwrap();
-                s.lines()
-                    .next()
-                    .unwrap()
-                    .trim_start_matches("event: ")
-                    .to_owned()
+                s.lines().next().unwrap().trim_start_matches("event: ").to_owned()
             })
             .collect();
         assert_eq!(
@@ -490,8 +395,7 @@ mod tests {
         let mut text = String::new();
         for ev in &events {
             let s = std::str::from_utf8(&ev.bytes).unwrap();
-            let v: serde_json::Value =
-                serde_json::from_str(s.split("data: ").nth(1).unwrap().trim_end()).unwrap();
+            let v: serde_json::Value = serde_json::from_str(s.split("data: ").nth(1).unwrap().trim_end()).unwrap();
             if let Some(t) = v["delta"]["text"].as_str() {
                 text.push_str(t);
             }

@@ -25,17 +25,11 @@ pub struct SseEvent {
 
 impl SseEvent {
     pub fn now(bytes: impl Into<Bytes>) -> Self {
-        Self {
-            delayed: false,
-            bytes: bytes.into(),
-        }
+        Self { delayed: false, bytes: bytes.into() }
     }
 
     pub fn after_delay(bytes: impl Into<Bytes>) -> Self {
-        Self {
-            delayed: true,
-            bytes: bytes.into(),
-        }
+        Self { delayed: true, bytes: bytes.into() }
     }
 }
 
@@ -51,14 +45,7 @@ pub struct SseBody {
 impl SseBody {
     pub fn new(events: Vec<SseEvent>, delay: Duration, stats: Arc<WorkerStats>) -> Self {
         stats.streams_started.fetch_add(1, Relaxed);
-        Self {
-            events: events.into_iter(),
-            delay,
-            sleep: None,
-            pending: None,
-            completed: false,
-            stats,
-        }
+        Self { events: events.into_iter(), delay, sleep: None, pending: None, completed: false, stats }
     }
 
     /// Hands out `bytes`; marks the stream completed when it was the last event.
@@ -87,11 +74,7 @@ pub enum MockBody {
 impl MockBody {
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         let bytes = bytes.into();
-        if bytes.is_empty() {
-            Self::Full(None)
-        } else {
-            Self::Full(Some(bytes))
-        }
+        if bytes.is_empty() { Self::Full(None) } else { Self::Full(Some(bytes)) }
     }
 }
 
@@ -99,10 +82,7 @@ impl Body for MockBody {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match self.get_mut() {
             MockBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             MockBody::Sse(s) => {
@@ -153,21 +133,13 @@ mod tests {
     use http_body_util::BodyExt;
 
     fn events() -> Vec<SseEvent> {
-        vec![
-            SseEvent::now("a"),
-            SseEvent::after_delay("b"),
-            SseEvent::after_delay("c"),
-        ]
+        vec![SseEvent::now("a"), SseEvent::after_delay("b"), SseEvent::after_delay("c")]
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn stream_completes_and_counts() {
         let stats = Arc::new(WorkerStats::default());
-        let body = MockBody::Sse(Box::new(SseBody::new(
-            events(),
-            Duration::from_millis(5),
-            stats.clone(),
-        )));
+        let body = MockBody::Sse(Box::new(SseBody::new(events(), Duration::from_millis(5), stats.clone())));
         let started = std::time::Instant::now();
         let all = body.collect().await.unwrap().to_bytes();
         assert_eq!(&all[..], b"abc");
@@ -180,11 +152,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn dropping_early_counts_cancelled() {
         let stats = Arc::new(WorkerStats::default());
-        let mut body = MockBody::Sse(Box::new(SseBody::new(
-            events(),
-            Duration::from_millis(1),
-            stats.clone(),
-        )));
+        let mut body = MockBody::Sse(Box::new(SseBody::new(events(), Duration::from_millis(1), stats.clone())));
         let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(&first[..], b"a");
         drop(body);

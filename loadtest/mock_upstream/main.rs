@@ -67,11 +67,7 @@ struct Args {
 
 fn parse_rate(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
-    if (0.0..=1.0).contains(&v) {
-        Ok(v)
-    } else {
-        Err(format!("{v} is not within 0.0..=1.0"))
-    }
+    if (0.0..=1.0).contains(&v) { Ok(v) } else { Err(format!("{v} is not within 0.0..=1.0")) }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -141,9 +137,7 @@ fn announce(addr: SocketAddr) -> anyhow::Result<()> {
 }
 
 fn wait_for_signal() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
@@ -155,11 +149,7 @@ fn wait_for_signal() -> anyhow::Result<()> {
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
     socket.set_reuseport(true)?;
     socket.bind(addr)?;
@@ -172,10 +162,7 @@ fn worker(
     shutdown: watch::Receiver<bool>,
     ready: mpsc::Sender<std::io::Result<SocketAddr>>,
 ) {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -216,14 +203,10 @@ async fn serve(listener: TcpListener, ctx: Arc<Ctx>, mut shutdown: watch::Receiv
             },
         };
         let _ = stream.set_nodelay(true);
-        ctx.stats
-            .connections_accepted
-            .fetch_add(1, Ordering::Relaxed);
+        ctx.stats.connections_accepted.fetch_add(1, Ordering::Relaxed);
         let conn_ctx = ctx.clone();
-        let conn = http.serve_connection(
-            TokioIo::new(stream),
-            service_fn(move |req| server::handle(req, conn_ctx.clone())),
-        );
+        let conn =
+            http.serve_connection(TokioIo::new(stream), service_fn(move |req| server::handle(req, conn_ctx.clone())));
         let mut stop = shutdown.clone();
         let live = live.clone();
         live.fetch_add(1, Ordering::Relaxed);

@@ -6,12 +6,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::body::SseEvent;
 use crate::server::{
-    Api, Ctx, HandlerResult, api_key, before_inference, check_key, error, is_slow_stream, json_ok,
-    now_secs, read_body, sse_data,
+    Api, Ctx, HandlerResult, api_key, before_inference, check_key, error, is_slow_stream, json_ok, now_secs, read_body,
+    sse_data,
 };
 use crate::text::{
-    Str, Text, apply_max_tokens, char_count, embedding_for, prefix_chars, split_even, tokens,
-    tokens_for_chars,
+    Str, Text, apply_max_tokens, char_count, embedding_for, prefix_chars, split_even, tokens, tokens_for_chars,
 };
 
 #[derive(Deserialize)]
@@ -54,17 +53,8 @@ pub struct ChatReply {
 }
 
 pub fn chat_reply(req: &ChatRequest<'_>) -> ChatReply {
-    let prompt_chars: usize = req
-        .messages
-        .iter()
-        .map(|m| char_count(m.content.as_str()))
-        .sum();
-    let last_user = req
-        .messages
-        .iter()
-        .rev()
-        .find(|m| m.role.as_str() == "user")
-        .map_or("", |m| m.content.as_str());
+    let prompt_chars: usize = req.messages.iter().map(|m| char_count(m.content.as_str())).sum();
+    let last_user = req.messages.iter().rev().find(|m| m.role.as_str() == "user").map_or("", |m| m.content.as_str());
     let full = format!("mock reply to: {}", prefix_chars(last_user, 64));
     let limit = req.max_completion_tokens.or(req.max_tokens);
     let (content, truncated) = apply_max_tokens(&full, limit);
@@ -150,20 +140,12 @@ pub async fn chat(ctx: &Ctx, req: Request<Incoming>) -> HandlerResult {
         return Ok(resp);
     }
     let Ok(body) = read_body(req).await else {
-        return Ok(error(
-            Api::OpenAi,
-            StatusCode::BAD_REQUEST,
-            "could not read request body",
-        ));
+        return Ok(error(Api::OpenAi, StatusCode::BAD_REQUEST, "could not read request body"));
     };
     let parsed: ChatRequest<'_> = match serde_json::from_slice(&body) {
         Ok(p) => p,
         Err(e) => {
-            return Ok(error(
-                Api::OpenAi,
-                StatusCode::BAD_REQUEST,
-                &format!("invalid request body: {e}"),
-            ));
+            return Ok(error(Api::OpenAi, StatusCode::BAD_REQUEST, &format!("invalid request body: {e}")));
         }
     };
     let model = parsed.model.as_str();
@@ -181,29 +163,15 @@ pub async fn chat(ctx: &Ctx, req: Request<Incoming>) -> HandlerResult {
             model,
             choices: [Choice {
                 index: 0,
-                message: Message {
-                    role: "assistant",
-                    content: &reply.content,
-                },
+                message: Message { role: "assistant", content: &reply.content },
                 logprobs: None,
                 finish_reason: reply.finish_reason,
             }],
             usage: Usage::from(&reply),
         });
     }
-    let include_usage = parsed
-        .stream_options
-        .as_ref()
-        .and_then(|o| o.include_usage)
-        .unwrap_or(false);
-    let events = chat_stream_events(
-        &id,
-        created,
-        model,
-        &reply,
-        ctx.cfg().stream_chunks,
-        include_usage,
-    )?;
+    let include_usage = parsed.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
+    let events = chat_stream_events(&id, created, model, &reply, ctx.cfg().stream_chunks, include_usage)?;
     Ok(ctx.sse(events, is_slow_stream(model)))
 }
 
@@ -221,37 +189,17 @@ fn chat_stream_events(
             object: "chat.completion.chunk",
             created,
             model,
-            choices: &[ChunkChoice {
-                index: 0,
-                delta,
-                logprobs: None,
-                finish_reason,
-            }],
+            choices: &[ChunkChoice { index: 0, delta, logprobs: None, finish_reason }],
             usage: None,
         })
     };
     let pieces = split_even(&reply.content, chunks);
     let mut events = Vec::with_capacity(pieces.len() + 4);
-    events.push(SseEvent::now(chunk(
-        Delta {
-            role: Some("assistant"),
-            content: Some(""),
-        },
-        None,
-    )?));
+    events.push(SseEvent::now(chunk(Delta { role: Some("assistant"), content: Some("") }, None)?));
     for piece in pieces {
-        events.push(SseEvent::after_delay(chunk(
-            Delta {
-                role: None,
-                content: Some(piece),
-            },
-            None,
-        )?));
+        events.push(SseEvent::after_delay(chunk(Delta { role: None, content: Some(piece) }, None)?));
     }
-    events.push(SseEvent::now(chunk(
-        Delta::default(),
-        Some(reply.finish_reason),
-    )?));
+    events.push(SseEvent::now(chunk(Delta::default(), Some(reply.finish_reason))?));
     if include_usage {
         events.push(SseEvent::now(sse_data(&Chunk {
             id,
@@ -355,20 +303,12 @@ pub async fn embeddings(ctx: &Ctx, req: Request<Incoming>) -> HandlerResult {
         return Ok(resp);
     }
     let Ok(body) = read_body(req).await else {
-        return Ok(error(
-            Api::OpenAi,
-            StatusCode::BAD_REQUEST,
-            "could not read request body",
-        ));
+        return Ok(error(Api::OpenAi, StatusCode::BAD_REQUEST, "could not read request body"));
     };
     let parsed: EmbeddingsRequest<'_> = match serde_json::from_slice(&body) {
         Ok(p) => p,
         Err(e) => {
-            return Ok(error(
-                Api::OpenAi,
-                StatusCode::BAD_REQUEST,
-                &format!("invalid request body: {e}"),
-            ));
+            return Ok(error(Api::OpenAi, StatusCode::BAD_REQUEST, &format!("invalid request body: {e}")));
         }
     };
     let Some(inputs) = embedding_inputs(&parsed.input) else {
@@ -382,10 +322,7 @@ pub async fn embeddings(ctx: &Ctx, req: Request<Incoming>) -> HandlerResult {
     if let Some(resp) = before_inference(ctx, Api::OpenAi, model).await {
         return Ok(resp);
     }
-    let as_base64 = parsed
-        .encoding_format
-        .as_ref()
-        .is_some_and(|f| f.as_str() == "base64");
+    let as_base64 = parsed.encoding_format.as_ref().is_some_and(|f| f.as_str() == "base64");
     let mut prompt_tokens = 0;
     let data = inputs
         .iter()
@@ -394,29 +331,19 @@ pub async fn embeddings(ctx: &Ctx, req: Request<Incoming>) -> HandlerResult {
             prompt_tokens += toks;
             let floats = embedding_for(bytes);
             let embedding = if as_base64 {
-                let raw: Vec<u8> = floats
-                    .iter()
-                    .flat_map(|f| (*f as f32).to_le_bytes())
-                    .collect();
+                let raw: Vec<u8> = floats.iter().flat_map(|f| (*f as f32).to_le_bytes()).collect();
                 EmbeddingValue::Base64(base64(&raw))
             } else {
                 EmbeddingValue::Floats(floats)
             };
-            EmbeddingItem {
-                object: "embedding",
-                index,
-                embedding,
-            }
+            EmbeddingItem { object: "embedding", index, embedding }
         })
         .collect();
     json_ok(&EmbeddingList {
         object: "list",
         data,
         model,
-        usage: EmbeddingUsage {
-            prompt_tokens,
-            total_tokens: prompt_tokens,
-        },
+        usage: EmbeddingUsage { prompt_tokens, total_tokens: prompt_tokens },
     })
 }
 
@@ -459,8 +386,7 @@ mod tests {
 
     #[test]
     fn max_tokens_truncates_with_length() {
-        let req =
-            parse(r#"{"model":"m","max_tokens":2,"messages":[{"role":"user","content":"hello"}]}"#);
+        let req = parse(r#"{"model":"m","max_tokens":2,"messages":[{"role":"user","content":"hello"}]}"#);
         let r = chat_reply(&req);
         assert_eq!(r.content, "mock rep");
         assert_eq!(r.finish_reason, "length");

@@ -36,11 +36,7 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(cfg: Config, workers: usize) -> Self {
-        Self {
-            cfg,
-            workers: (0..workers).map(|_| Arc::default()).collect(),
-            injected: AtomicU64::new(0),
-        }
+        Self { cfg, workers: (0..workers).map(|_| Arc::default()).collect(), injected: AtomicU64::new(0) }
     }
 }
 
@@ -55,12 +51,7 @@ pub struct Ctx {
 impl Ctx {
     pub fn new(shared: Arc<Shared>, worker: usize) -> Self {
         let stats = shared.workers.get(worker).cloned().unwrap_or_default();
-        Self {
-            shared,
-            stats,
-            worker,
-            next_id: AtomicU64::new(1),
-        }
+        Self { shared, stats, worker, next_id: AtomicU64::new(1) }
     }
 
     pub fn cfg(&self) -> &Config {
@@ -75,11 +66,7 @@ impl Ctx {
 
     /// An SSE body with this worker's counters; `slow` forces 200 ms pauses.
     pub fn sse(&self, events: Vec<SseEvent>, slow: bool) -> Response<MockBody> {
-        let delay = if slow {
-            Duration::from_millis(200)
-        } else {
-            self.cfg().chunk_delay
-        };
+        let delay = if slow { Duration::from_millis(200) } else { self.cfg().chunk_delay };
         let body = SseBody::new(events, delay, self.stats.clone());
         let mut resp = Response::new(MockBody::Sse(Box::new(body)));
         let h = resp.headers_mut();
@@ -99,16 +86,13 @@ pub enum Api {
 pub type HandlerResult = anyhow::Result<Response<MockBody>>;
 
 pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 pub fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response<MockBody> {
     let mut resp = Response::new(MockBody::full(body));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
@@ -147,24 +131,18 @@ pub fn error(api: Api, status: StatusCode, message: &str) -> Response<MockBody> 
     };
     let mut resp = json_response(status, body.to_string());
     if status == StatusCode::TOO_MANY_REQUESTS {
-        resp.headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
     }
     resp
 }
 
-fn header_str(
-    headers: &HeaderMap,
-    name: impl http::header::AsHeaderName,
-) -> Option<&str> {
+fn header_str(headers: &HeaderMap, name: impl http::header::AsHeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = header_str(headers, AUTHORIZATION)?;
-    v.strip_prefix("Bearer ")
-        .or_else(|| v.strip_prefix("bearer "))
-        .map(str::trim)
+    v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).map(str::trim)
 }
 
 /// The API key a request carries: `Authorization: Bearer X` or `x-api-key: X`
@@ -183,17 +161,9 @@ pub fn check_key(ctx: &Ctx, api: Api, key: Option<&str>) -> Option<Response<Mock
     let key = key?;
     ctx.stats.count_key(key);
     if key.starts_with("bad") {
-        Some(error(
-            api,
-            StatusCode::UNAUTHORIZED,
-            "Incorrect API key provided (mock: key starts with 'bad')",
-        ))
+        Some(error(api, StatusCode::UNAUTHORIZED, "Incorrect API key provided (mock: key starts with 'bad')"))
     } else if key.starts_with("limited") {
-        Some(error(
-            api,
-            StatusCode::TOO_MANY_REQUESTS,
-            "Rate limit reached (mock: key starts with 'limited')",
-        ))
+        Some(error(api, StatusCode::TOO_MANY_REQUESTS, "Rate limit reached (mock: key starts with 'limited')"))
     } else {
         None
     }
@@ -212,25 +182,13 @@ pub async fn before_inference(ctx: &Ctx, api: Api, model: &str) -> Option<Respon
         tokio::time::sleep(latency).await;
     }
     if model.contains("error-500") {
-        return Some(error(
-            api,
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "The server had an error (mock: model error-500)",
-        ));
+        return Some(error(api, StatusCode::INTERNAL_SERVER_ERROR, "The server had an error (mock: model error-500)"));
     }
     if model.contains("error-429") {
-        return Some(error(
-            api,
-            StatusCode::TOO_MANY_REQUESTS,
-            "Rate limit reached (mock: model error-429)",
-        ));
+        return Some(error(api, StatusCode::TOO_MANY_REQUESTS, "Rate limit reached (mock: model error-429)"));
     }
     if model.contains("error-400") {
-        return Some(error(
-            api,
-            StatusCode::BAD_REQUEST,
-            "Invalid request (mock: model error-400)",
-        ));
+        return Some(error(api, StatusCode::BAD_REQUEST, "Invalid request (mock: model error-400)"));
     }
     if model.contains("hang") {
         tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -239,17 +197,9 @@ pub async fn before_inference(ctx: &Ctx, api: Api, model: &str) -> Option<Respon
     if rate > 0.0 && fastrand::f64() < rate {
         let n = ctx.shared.injected.fetch_add(1, Relaxed);
         return Some(if n.is_multiple_of(2) {
-            error(
-                api,
-                StatusCode::TOO_MANY_REQUESTS,
-                "Rate limit reached (mock: injected failure)",
-            )
+            error(api, StatusCode::TOO_MANY_REQUESTS, "Rate limit reached (mock: injected failure)")
         } else {
-            error(
-                api,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "The server had an error (mock: injected failure)",
-            )
+            error(api, StatusCode::INTERNAL_SERVER_ERROR, "The server had an error (mock: injected failure)")
         });
     }
     None
@@ -294,26 +244,13 @@ struct ModelList {
     data: Vec<ModelEntry>,
 }
 
-const MODELS: &[&str] = &[
-    "gpt-4o-mini",
-    "gpt-4o",
-    "text-embedding-3-small",
-    "claude-3-5-haiku-latest",
-    "claude-sonnet-4-5",
-];
+const MODELS: &[&str] =
+    &["gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "claude-3-5-haiku-latest", "claude-sonnet-4-5"];
 
 fn models() -> HandlerResult {
     json_ok(&ModelList {
         object: "list",
-        data: MODELS
-            .iter()
-            .map(|id| ModelEntry {
-                id,
-                object: "model",
-                created: 0,
-                owned_by: "mock",
-            })
-            .collect(),
+        data: MODELS.iter().map(|id| ModelEntry { id, object: "model", created: 0, owned_by: "mock" }).collect(),
     })
 }
 
@@ -353,19 +290,12 @@ fn route(method: &Method, path: &str) -> Route {
 }
 
 /// The hyper service function.
-pub async fn handle(
-    req: Request<Incoming>,
-    ctx: Arc<Ctx>,
-) -> Result<Response<MockBody>, Infallible> {
+pub async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Response<MockBody>, Infallible> {
     let route = route(req.method(), req.uri().path());
     if !matches!(route, Route::Stats | Route::Reset) {
         ctx.stats.requests.fetch_add(1, Relaxed);
     }
-    let api = if req.uri().path() == "/v1/messages" {
-        Api::Anthropic
-    } else {
-        Api::OpenAi
-    };
+    let api = if req.uri().path() == "/v1/messages" { Api::Anthropic } else { Api::OpenAi };
     let result = match route {
         Route::Chat => openai::chat(&ctx, req).await,
         Route::Embeddings => openai::embeddings(&ctx, req).await,
@@ -380,19 +310,11 @@ pub async fn handle(
             json_ok(&stats::snapshot(&ctx.shared.workers))
         }
         Route::Health => Ok(json_response(StatusCode::OK, &b"{\"status\":\"ok\"}"[..])),
-        Route::WrongMethod => Ok(error(
-            api,
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed",
-        )),
+        Route::WrongMethod => Ok(error(api, StatusCode::METHOD_NOT_ALLOWED, "method not allowed")),
         Route::NotFound => Ok(error(api, StatusCode::NOT_FOUND, "unknown path")),
     };
     Ok(result.unwrap_or_else(|e| {
         tracing::warn!(error = %e, "mock handler failed");
-        error(
-            api,
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &format!("mock failure: {e}"),
-        )
+        error(api, StatusCode::INTERNAL_SERVER_ERROR, &format!("mock failure: {e}"))
     }))
 }

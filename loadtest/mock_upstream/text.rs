@@ -277,10 +277,7 @@ mod tests {
 
     #[test]
     fn case_insensitive_contains() {
-        assert!(contains_ignore_ascii_case(
-            "What's the Weather in Paris?",
-            "weather"
-        ));
+        assert!(contains_ignore_ascii_case("What's the Weather in Paris?", "weather"));
         assert!(!contains_ignore_ascii_case("sunny", "weather"));
     }
 

@@ -47,7 +47,9 @@ fn unknown_keys_are_refused_with_their_line() {
 
 #[test]
 fn semantic_errors_point_at_the_offending_key() {
-    let text = format!("{PROVIDER}\n[[providers]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"http://x/v1\"\nkeys = [{{ value = \"k\" }}]\n");
+    let text = format!(
+        "{PROVIDER}\n[[providers]]\nname = \"openai\"\nkind = \"openai\"\nbase_url = \"http://x/v1\"\nkeys = [{{ value = \"k\" }}]\n"
+    );
     let e = refuse(&text);
     assert!(e.reason.contains("duplicate provider name"), "{e}");
     assert_eq!(e.line, Some(10), "{e}");
@@ -64,7 +66,9 @@ fn a_bad_base_url_is_refused() {
 fn bad_windows_and_duplicate_budget_windows_are_refused() {
     let e = refuse("[[governance.customers]]\nid = \"c\"\nbudgets = [{ max_usd = 1.0, reset = \"2d\" }]\n");
     assert!(e.reason.contains("invalid window"), "{e}");
-    let e = refuse("[[governance.customers]]\nid = \"c\"\nbudgets = [{ max_usd = 1.0, reset = \"1d\" }, { max_usd = 2.0, reset = \"1d\" }]\n");
+    let e = refuse(
+        "[[governance.customers]]\nid = \"c\"\nbudgets = [{ max_usd = 1.0, reset = \"1d\" }, { max_usd = 2.0, reset = \"1d\" }]\n",
+    );
     assert!(e.reason.contains("two budgets"), "{e}");
     assert_eq!(e.line, Some(3));
 }
@@ -104,7 +108,9 @@ fn two_keys_with_the_same_value_are_refused() {
 
 #[test]
 fn allowed_providers_must_name_configured_providers() {
-    let text = format!("{PROVIDER}\n[[governance.virtual_keys]]\nid = \"k\"\nvalue = \"v\"\nallowed_providers = [\"openai\", \"nope\"]\n");
+    let text = format!(
+        "{PROVIDER}\n[[governance.virtual_keys]]\nid = \"k\"\nvalue = \"v\"\nallowed_providers = [\"openai\", \"nope\"]\n"
+    );
     let e = refuse(&text);
     assert!(e.reason.contains("unknown provider `nope`"), "{e}");
 }

@@ -116,23 +116,32 @@ fn limits(base: &[Seg], budgets: &[BudgetConfig], rates: &[RateLimitConfig]) -> 
             return fail(at(path!["rate_limits", i]), "give `requests`, `tokens` or both");
         }
         if (r.requests.is_some() && !req.insert(r.per)) || (r.tokens.is_some() && !tok.insert(r.per)) {
-            return fail(at(path!["rate_limits", i, "per"]), format!("two limits of one kind per `{}`", r.per.as_str()));
+            return fail(
+                at(path!["rate_limits", i, "per"]),
+                format!("two limits of one kind per `{}`", r.per.as_str()),
+            );
         }
     }
     Ok(())
 }
 
-fn allow_list(base: &[Seg], field: &str, list: &Option<Vec<String>>, known: Option<&HashSet<&str>>) -> Result<(), Violation> {
+fn allow_list(
+    base: &[Seg],
+    field: &str,
+    list: &Option<Vec<String>>,
+    known: Option<&HashSet<&str>>,
+) -> Result<(), Violation> {
     let Some(list) = list else { return Ok(()) };
     for (i, entry) in list.iter().enumerate() {
         let path = base.iter().cloned().chain(path![field, i]).collect();
         if entry.is_empty() {
             return fail(path, "entries must be non-empty");
         }
-        if let Some(known) = known {
-            if entry != "*" && !known.contains(entry.as_str()) {
-                return fail(path, format!("unknown provider `{entry}`"));
-            }
+        if let Some(known) = known
+            && entry != "*"
+            && !known.contains(entry.as_str())
+        {
+            return fail(path, format!("unknown provider `{entry}`"));
         }
     }
     Ok(())
@@ -163,10 +172,10 @@ fn governance(c: &FileConfig) -> Result<(), Violation> {
     for (i, e) in g.teams.iter().enumerate() {
         let base = path!["governance", "teams", i];
         unique_id(&mut teams, &e.id, base.iter().cloned().chain(path!["id"]).collect(), "team")?;
-        if let Some(cu) = &e.customer {
-            if !customers.contains(cu.as_str()) {
-                return fail(base.into_iter().chain(path!["customer"]).collect(), format!("unknown customer `{cu}`"));
-            }
+        if let Some(cu) = &e.customer
+            && !customers.contains(cu.as_str())
+        {
+            return fail(base.into_iter().chain(path!["customer"]).collect(), format!("unknown customer `{cu}`"));
         }
         limits(&base, &e.budgets, &e.rate_limits)?;
         allow_list(&base, "allowed_models", &e.allowed_models, None)?;
@@ -209,20 +218,20 @@ fn governance(c: &FileConfig) -> Result<(), Violation> {
         if e.team.is_some() && e.customer.is_some() {
             return fail(at(path!["customer"]), "a key belongs to a team or a customer, not both");
         }
-        if let Some(u) = &e.user {
-            if !users.contains(u.as_str()) {
-                return fail(at(path!["user"]), format!("unknown user `{u}`"));
-            }
+        if let Some(u) = &e.user
+            && !users.contains(u.as_str())
+        {
+            return fail(at(path!["user"]), format!("unknown user `{u}`"));
         }
-        if let Some(t) = &e.team {
-            if !teams.contains(t.as_str()) {
-                return fail(at(path!["team"]), format!("unknown team `{t}`"));
-            }
+        if let Some(t) = &e.team
+            && !teams.contains(t.as_str())
+        {
+            return fail(at(path!["team"]), format!("unknown team `{t}`"));
         }
-        if let Some(cu) = &e.customer {
-            if !customers.contains(cu.as_str()) {
-                return fail(at(path!["customer"]), format!("unknown customer `{cu}`"));
-            }
+        if let Some(cu) = &e.customer
+            && !customers.contains(cu.as_str())
+        {
+            return fail(at(path!["customer"]), format!("unknown customer `{cu}`"));
         }
         limits(&base, &e.budgets, &e.rate_limits)?;
         allow_list(&base, "allowed_models", &e.allowed_models, None)?;
@@ -235,7 +244,10 @@ fn identity(c: &FileConfig) -> Result<(), Violation> {
     let mut names = HashSet::new();
     for (i, p) in c.identity.providers.iter().enumerate() {
         if !names.insert(p.name.as_str()) {
-            return fail(path!["identity", "providers", i, "name"], format!("duplicate identity provider `{}`", p.name));
+            return fail(
+                path!["identity", "providers", i, "name"],
+                format!("duplicate identity provider `{}`", p.name),
+            );
         }
         match p.issuer.parse::<http::Uri>() {
             Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) => {}

@@ -38,12 +38,16 @@ pub fn start(parts: ControlParts) -> anyhow::Result<JoinHandle<anyhow::Result<()
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         rt.block_on(run(parts, ready_tx))
     })?;
-    ready_rx.recv().map_err(|_| anyhow::anyhow!("control plane died while starting"))?.map_err(|e| anyhow::anyhow!(e))?;
+    ready_rx
+        .recv()
+        .map_err(|_| anyhow::anyhow!("control plane died while starting"))?
+        .map_err(|e| anyhow::anyhow!(e))?;
     Ok(handle)
 }
 
 async fn run(parts: ControlParts, ready: std::sync::mpsc::Sender<Result<(), String>>) -> anyhow::Result<()> {
-    let ControlParts { shared, config_path, config_hash, shutdown, requests, mut rings, flush_interval, cores_stopped } = parts;
+    let ControlParts { shared, config_path, config_hash, shutdown, requests, mut rings, flush_interval, cores_stopped } =
+        parts;
     let signals = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()));
     let (mut term, mut int, hup) = match signals {
         (Ok(t), Ok(i), Ok(h)) => (t, i, h),

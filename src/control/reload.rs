@@ -37,10 +37,10 @@ impl Reloader {
             let dir = self.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
             let file_name = file.file_name().map(|n| n.to_os_string());
             let debouncer = new_debouncer(DEBOUNCE, move |res: DebounceEventResult| {
-                if let Ok(events) = res {
-                    if events.iter().any(|e| e.path.file_name().map(|n| n.to_os_string()) == file_name) {
-                        let _ = tx.send(());
-                    }
+                if let Ok(events) = res
+                    && events.iter().any(|e| e.path.file_name().map(|n| n.to_os_string()) == file_name)
+                {
+                    let _ = tx.send(());
                 }
             });
             let _debouncer = match debouncer {

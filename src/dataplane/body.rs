@@ -95,7 +95,14 @@ pub struct StreamBody {
 }
 
 impl StreamBody {
-    pub fn new(core: Rc<CoreCtx>, upstream: Incoming, lease: Lease, mode: StreamMode, idle_timeout: Duration, log: RequestLog) -> Self {
+    pub fn new(
+        core: Rc<CoreCtx>,
+        upstream: Incoming,
+        lease: Lease,
+        mode: StreamMode,
+        idle_timeout: Duration,
+        log: RequestLog,
+    ) -> Self {
         core.metrics().stream_opened();
         Self {
             core,

@@ -69,10 +69,9 @@ async fn attempt_target(
 ) -> Result<(http::Response<Incoming>, Lease), GatewayError> {
     let path = match endpoint {
         Endpoint::Chat => provider.chat_path.as_str(),
-        Endpoint::Embeddings => provider
-            .embeddings_path
-            .as_deref()
-            .ok_or_else(|| GatewayError::InvalidRequest(format!("provider '{}' does not serve embeddings", provider.name)))?,
+        Endpoint::Embeddings => provider.embeddings_path.as_deref().ok_or_else(|| {
+            GatewayError::InvalidRequest(format!("provider '{}' does not serve embeddings", provider.name))
+        })?,
     };
     let metrics = core.metrics();
     let mut tried: u64 = 0;
@@ -134,7 +133,11 @@ async fn attempt_target(
                     }
                     s if s.is_server_error() => {
                         metrics.upstream_error(UpstreamErrorKind::ServerError);
-                        last = GatewayError::Upstream(format!("provider '{}' failed ({}): {message}", provider.name, s.as_u16()));
+                        last = GatewayError::Upstream(format!(
+                            "provider '{}' failed ({}): {message}",
+                            provider.name,
+                            s.as_u16()
+                        ));
                     }
                     s => {
                         metrics.upstream_error(UpstreamErrorKind::ClientError);
@@ -153,7 +156,12 @@ async fn attempt_target(
     Err(last)
 }
 
-fn build_request(provider: &Provider, path: &str, key: &ProviderKey, body: Bytes) -> Result<Request<Full<Bytes>>, GatewayError> {
+fn build_request(
+    provider: &Provider,
+    path: &str,
+    key: &ProviderKey,
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, GatewayError> {
     let mut builder = Request::builder()
         .method(Method::POST)
         .uri(path)
@@ -171,7 +179,8 @@ fn build_request(provider: &Provider, path: &str, key: &ProviderKey, body: Bytes
 
 /// Reads a refused response's body (bounded) for its message, and keeps the connection if it can.
 async fn error_message(core: &CoreCtx, provider: &Provider, resp: http::Response<Incoming>, lease: Lease) -> String {
-    let read = monoio::time::timeout(provider.timeout, Limited::new(resp.into_body(), ERROR_BODY_LIMIT).collect()).await;
+    let read =
+        monoio::time::timeout(provider.timeout, Limited::new(resp.into_body(), ERROR_BODY_LIMIT).collect()).await;
     let body = match read {
         Ok(Ok(c)) => {
             core.pool.give_back(lease);

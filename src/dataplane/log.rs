@@ -67,7 +67,8 @@ impl RequestLog {
 
     pub fn request_id_header(&self) -> HeaderValue {
         let mut buf = uuid::Uuid::encode_buffer();
-        HeaderValue::from_str(self.request_id.as_hyphenated().encode_lower(&mut buf)).unwrap_or(HeaderValue::from_static("-"))
+        HeaderValue::from_str(self.request_id.as_hyphenated().encode_lower(&mut buf))
+            .unwrap_or(HeaderValue::from_static("-"))
     }
 
     pub fn principal(&mut self, p: &Principal<'_>) {
@@ -158,7 +159,9 @@ impl Drop for RequestLog {
 
 /// The client's `x-request-id` when it is a UUID, else a fresh UUIDv7 (time-ordered, no shared state).
 fn request_id(headers: &http::HeaderMap) -> uuid::Uuid {
-    if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok()).and_then(|s| uuid::Uuid::parse_str(s).ok()) {
+    if let Some(id) =
+        headers.get("x-request-id").and_then(|v| v.to_str().ok()).and_then(|s| uuid::Uuid::parse_str(s).ok())
+    {
         return id;
     }
     let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);

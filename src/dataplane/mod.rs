@@ -35,7 +35,11 @@ pub struct ServeOptions {
 
 /// Starts one core per audit ring. Returns the address actually bound (port 0 resolved) once
 /// every core listens, so the caller can announce readiness truthfully.
-pub fn start(shared: Arc<Shared>, rings: Vec<CoreAuditTx>, opts: ServeOptions) -> anyhow::Result<(SocketAddr, Vec<JoinHandle<()>>)> {
+pub fn start(
+    shared: Arc<Shared>,
+    rings: Vec<CoreAuditTx>,
+    opts: ServeOptions,
+) -> anyhow::Result<(SocketAddr, Vec<JoinHandle<()>>)> {
     let tls = upstream::tls_config();
     let mut addr = opts.listen;
     let mut handles = Vec::with_capacity(rings.len());
@@ -46,7 +50,10 @@ pub fn start(shared: Arc<Shared>, rings: Vec<CoreAuditTx>, opts: ServeOptions) -
             run_core(id, shared, ring, tls, opts, ready_tx);
         })?;
         // Cores after the first bind the port the first one got.
-        addr = ready_rx.recv().map_err(|_| anyhow::anyhow!("core {id} died while starting"))?.map_err(|e| anyhow::anyhow!(e))?;
+        addr = ready_rx
+            .recv()
+            .map_err(|_| anyhow::anyhow!("core {id} died while starting"))?
+            .map_err(|e| anyhow::anyhow!(e))?;
         handles.push(handle);
     }
     Ok((addr, handles))
@@ -80,7 +87,10 @@ fn run_core(
 }
 
 async fn serve(core: Rc<CoreCtx>, opts: ServeOptions, ready: std::sync::mpsc::Sender<Result<SocketAddr, String>>) {
-    let listener = TcpListener::bind_with_config(opts.listen, &ListenerOpts::new().reuse_port(true).reuse_addr(true).backlog(4096));
+    let listener = TcpListener::bind_with_config(
+        opts.listen,
+        &ListenerOpts::new().reuse_port(true).reuse_addr(true).backlog(4096),
+    );
     let listener = match listener.and_then(|l| l.local_addr().map(|a| (l, a))) {
         Ok((l, addr)) => {
             let _ = ready.send(Ok(addr));

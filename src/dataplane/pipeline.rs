@@ -35,7 +35,11 @@ const DEFAULT_ANTHROPIC_MAX_TOKENS: u64 = 4096;
 type Reply = Result<Response<GatewayBody>, GatewayError>;
 
 /// Entry point for every request a core accepts.
-pub async fn handle(core: Rc<CoreCtx>, peer: SocketAddr, req: Request<Incoming>) -> Result<Response<GatewayBody>, Infallible> {
+pub async fn handle(
+    core: Rc<CoreCtx>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<GatewayBody>, Infallible> {
     let route = classify(req.method(), req.uri().path());
     let mut log = RequestLog::start(&core, RouteLabel::from(&route), peer, req.headers());
     let reply = match route {
@@ -45,7 +49,9 @@ pub async fn handle(core: Rc<CoreCtx>, peer: SocketAddr, req: Request<Incoming>)
         Classified::Health => Ok(health(&core)),
         Classified::Metrics => Ok(metrics(&core)),
         Classified::Control => control(&core, peer, req).await,
-        Classified::WrongMethod(allowed) => Err(GatewayError::MethodNotAllowed(format!("{} takes {allowed}", req.uri().path()))),
+        Classified::WrongMethod(allowed) => {
+            Err(GatewayError::MethodNotAllowed(format!("{} takes {allowed}", req.uri().path())))
+        }
         Classified::UnknownV1 => Err(GatewayError::NotFound(req.uri().path().to_string())),
     };
     let mut resp = reply.unwrap_or_else(|e| {
@@ -84,7 +90,8 @@ impl From<&Classified> for RouteLabel {
 }
 
 fn classify(method: &Method, path: &str) -> Classified {
-    let want = |m: Method, c: Classified, name: &'static str| if method == m { c } else { Classified::WrongMethod(name) };
+    let want =
+        |m: Method, c: Classified, name: &'static str| if method == m { c } else { Classified::WrongMethod(name) };
     match path {
         "/v1/chat/completions" => want(Method::POST, Classified::Chat, "POST"),
         "/v1/embeddings" => want(Method::POST, Classified::Embeddings, "POST"),
@@ -95,7 +102,6 @@ fn classify(method: &Method, path: &str) -> Classified {
         _ => Classified::Control,
     }
 }
-
 
 /// `POST /v1/chat/completions`, streamed or not.
 async fn chat(core: &Rc<CoreCtx>, log: &mut RequestLog, req: Request<Incoming>) -> Reply {
@@ -136,7 +142,8 @@ async fn embeddings(core: &Rc<CoreCtx>, log: &mut RequestLog, req: Request<Incom
     let body = read_body(req.into_body(), snap.server.max_body_bytes).await?;
     let peek = openai::peek(&body)?;
     let targets = route_and_authorize(&snap, &principal, &peek.model, &peek.fallbacks)?;
-    let sent = forward::forward(core, &targets, Endpoint::Embeddings, |t| openai::prepare(&body, &peek, t.model), log).await?;
+    let sent =
+        forward::forward(core, &targets, Endpoint::Embeddings, |t| openai::prepare(&body, &peek, t.model), log).await?;
     let target = &targets[sent.target];
     log.provider = Some(target.provider.name.clone());
     log.model = Some(target.model.to_string());
@@ -221,9 +228,10 @@ fn route_and_authorize<'s, 'r>(
 }
 
 fn anthropic_body(snap: &SnapRef, body: &Bytes, t: &Target<'_, '_>) -> Result<Bytes, GatewayError> {
-    let doc: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| GatewayError::InvalidRequest(format!("request body is not valid JSON: {e}")))?;
-    let max = snap.price(&t.provider.name, t.model).and_then(|p| p.max_output_tokens).unwrap_or(DEFAULT_ANTHROPIC_MAX_TOKENS);
+    let doc: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| GatewayError::InvalidRequest(format!("request body is not valid JSON: {e}")))?;
+    let max =
+        snap.price(&t.provider.name, t.model).and_then(|p| p.max_output_tokens).unwrap_or(DEFAULT_ANTHROPIC_MAX_TOKENS);
     anthropic::request_to_anthropic(&doc, t.model, max).map(Bytes::from).map_err(translate_error)
 }
 
@@ -234,13 +242,22 @@ fn translate_error(e: anthropic::TranslateError) -> GatewayError {
     }
 }
 
-fn stream_reply(core: &Rc<CoreCtx>, log: &mut RequestLog, target: &Target<'_, '_>, sent: Sent, include_usage: bool) -> Response<GatewayBody> {
+fn stream_reply(
+    core: &Rc<CoreCtx>,
+    log: &mut RequestLog,
+    target: &Target<'_, '_>,
+    sent: Sent,
+    include_usage: bool,
+) -> Response<GatewayBody> {
     let mode = match target.provider.kind {
         ProviderKind::Openai => StreamMode::OpenAi(openai::StreamFilter::new(include_usage)),
-        ProviderKind::Anthropic => StreamMode::Anthropic(Box::new(anthropic::StreamTranslator::new(target.model, include_usage))),
+        ProviderKind::Anthropic => {
+            StreamMode::Anthropic(Box::new(anthropic::StreamTranslator::new(target.model, include_usage)))
+        }
     };
     let upstream = sent.response.into_body();
-    let body = StreamBody::new(core.clone(), upstream, sent.lease, mode, target.provider.stream_idle_timeout, log.hand_off());
+    let body =
+        StreamBody::new(core.clone(), upstream, sent.lease, mode, target.provider.stream_idle_timeout, log.hand_off());
     let mut r = Response::new(GatewayBody::Stream(Box::new(body)));
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -252,11 +269,20 @@ fn stream_reply(core: &Rc<CoreCtx>, log: &mut RequestLog, target: &Target<'_, '_
 /// account: a non-streamed response is read whole, its usage taken, translated when needed.
 async fn whole_reply(core: &Rc<CoreCtx>, log: &mut RequestLog, target: &Target<'_, '_>, sent: Sent) -> Reply {
     let provider = target.provider;
-    let read = monoio::time::timeout(provider.timeout, Limited::new(sent.response.into_body(), UPSTREAM_BODY_LIMIT).collect()).await;
+    let read =
+        monoio::time::timeout(provider.timeout, Limited::new(sent.response.into_body(), UPSTREAM_BODY_LIMIT).collect())
+            .await;
     let bytes = match read {
         Ok(Ok(c)) => c.to_bytes(),
-        Ok(Err(e)) => return Err(GatewayError::Upstream(format!("provider '{}' sent an unreadable body: {e}", provider.name))),
-        Err(_) => return Err(GatewayError::UpstreamTimeout(format!("provider '{}' did not finish its response in time", provider.name))),
+        Ok(Err(e)) => {
+            return Err(GatewayError::Upstream(format!("provider '{}' sent an unreadable body: {e}", provider.name)));
+        }
+        Err(_) => {
+            return Err(GatewayError::UpstreamTimeout(format!(
+                "provider '{}' did not finish its response in time",
+                provider.name
+            )));
+        }
     };
     core.pool.give_back(sent.lease);
     log.ttfb = Some(log.elapsed());
@@ -266,7 +292,8 @@ async fn whole_reply(core: &Rc<CoreCtx>, log: &mut RequestLog, target: &Target<'
             bytes
         }
         ProviderKind::Anthropic => {
-            let (translated, usage) = anthropic::response_from_anthropic(&bytes, target.model).map_err(translate_error)?;
+            let (translated, usage) =
+                anthropic::response_from_anthropic(&bytes, target.model).map_err(translate_error)?;
             log.usage = Some(usage);
             Bytes::from(translated)
         }
@@ -300,7 +327,9 @@ async fn read_body(body: Incoming, limit: u64) -> Result<Bytes, GatewayError> {
     }
     match Limited::new(body, limit as usize).collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(GatewayError::PayloadTooLarge { limit }),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Err(GatewayError::PayloadTooLarge { limit })
+        }
         Err(e) => Err(GatewayError::InvalidRequest(format!("could not read the request body: {e}"))),
     }
 }

@@ -10,10 +10,18 @@ pub fn authorize(principal: &Principal<'_>, target: &Target<'_, '_>) -> Result<(
     let Some(key) = principal.virtual_key() else { return Ok(()) };
     let provider = &*target.provider.name;
     if !key.allowed_providers.allows(provider) {
-        return Err(GatewayError::ProviderBlocked { provider: provider.to_string(), level: "virtual_key", id: key.id.to_string() });
+        return Err(GatewayError::ProviderBlocked {
+            provider: provider.to_string(),
+            level: "virtual_key",
+            id: key.id.to_string(),
+        });
     }
     if !key.allowed_models.allows_model(provider, target.model) {
-        return Err(GatewayError::ModelBlocked { model: target.model.to_string(), level: "virtual_key", id: key.id.to_string() });
+        return Err(GatewayError::ModelBlocked {
+            model: target.model.to_string(),
+            level: "virtual_key",
+            id: key.id.to_string(),
+        });
     }
     Ok(())
 }

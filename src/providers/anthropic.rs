@@ -145,31 +145,22 @@ enum OpenAiToolChoice<'a> {
 /// OpenAI chat request (already parsed) → Anthropic /v1/messages request body bytes.
 /// `model` is the upstream model name to send (provider prefix already stripped).
 /// `default_max_tokens` is used when the request has neither `max_tokens` nor `max_completion_tokens` (Anthropic requires max_tokens).
-pub fn request_to_anthropic(
-    req: &Value,
-    model: &str,
-    default_max_tokens: u64,
-) -> Result<Vec<u8>, TranslateError> {
-    let req = req
-        .as_object()
-        .ok_or_else(|| invalid("request body must be a JSON object"))?;
+pub fn request_to_anthropic(req: &Value, model: &str, default_max_tokens: u64) -> Result<Vec<u8>, TranslateError> {
+    let req = req.as_object().ok_or_else(|| invalid("request body must be a JSON object"))?;
 
-    if present(req, "n")
-        .and_then(Value::as_f64)
-        .is_some_and(|n| n > 1.0)
-    {
+    if present(req, "n").and_then(Value::as_f64).is_some_and(|n| n > 1.0) {
         return Err(invalid("n > 1 is not supported by anthropic"));
     }
 
     let (system, messages) = translate_messages(req)?;
 
-    let max_tokens =
-        match present(req, "max_completion_tokens").or_else(|| present(req, "max_tokens")) {
-            None => default_max_tokens,
-            Some(v) => v.as_u64().filter(|&n| n > 0).ok_or_else(|| {
-                invalid("max_tokens / max_completion_tokens must be a positive integer")
-            })?,
-        };
+    let max_tokens = match present(req, "max_completion_tokens").or_else(|| present(req, "max_tokens")) {
+        None => default_max_tokens,
+        Some(v) => v
+            .as_u64()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| invalid("max_tokens / max_completion_tokens must be a positive integer"))?,
+    };
 
     let stop_sequences = match present(req, "stop") {
         None => None,
@@ -177,10 +168,7 @@ pub fn request_to_anthropic(
         Some(Value::Array(items)) => {
             let stops = items
                 .iter()
-                .map(|s| {
-                    s.as_str()
-                        .ok_or_else(|| invalid("stop must be a string or an array of strings"))
-                })
+                .map(|s| s.as_str().ok_or_else(|| invalid("stop must be a string or an array of strings")))
                 .collect::<Result<Vec<_>, _>>()?;
             (!stops.is_empty()).then_some(stops)
         }
@@ -189,10 +177,7 @@ pub fn request_to_anthropic(
 
     let stream = match present(req, "stream") {
         None => None,
-        Some(v) => Some(
-            v.as_bool()
-                .ok_or_else(|| invalid("stream must be a boolean"))?,
-        ),
+        Some(v) => Some(v.as_bool().ok_or_else(|| invalid("stream must be a boolean"))?),
     };
 
     let (tools, tool_choice) = translate_tools(req)?;
@@ -218,10 +203,7 @@ fn present<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
     obj.get(key).filter(|v| !v.is_null())
 }
 
-fn number_field<'a>(
-    obj: &'a Map<String, Value>,
-    key: &str,
-) -> Result<Option<&'a Number>, TranslateError> {
+fn number_field<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<Option<&'a Number>, TranslateError> {
     match present(obj, key) {
         None => Ok(None),
         Some(Value::Number(n)) => Ok(Some(n)),
@@ -229,10 +211,7 @@ fn number_field<'a>(
     }
 }
 
-fn string_field<'a>(
-    obj: &'a Map<String, Value>,
-    key: &str,
-) -> Result<Option<&'a str>, TranslateError> {
+fn string_field<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, TranslateError> {
     match present(obj, key) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -251,9 +230,7 @@ fn translate_messages(req: &Map<String, Value>) -> Result<Translated<'_>, Transl
     let mut system: Vec<&str> = Vec::new();
     let mut messages: Vec<Message<'_>> = Vec::with_capacity(input.len());
     for (i, msg) in input.iter().enumerate() {
-        let msg = msg
-            .as_object()
-            .ok_or_else(|| invalid(format!("messages[{i}] must be an object")))?;
+        let msg = msg.as_object().ok_or_else(|| invalid(format!("messages[{i}] must be an object")))?;
         let role = msg
             .get("role")
             .and_then(Value::as_str)
@@ -269,38 +246,28 @@ fn translate_messages(req: &Map<String, Value>) -> Result<Translated<'_>, Transl
                 push_merged(&mut messages, Role::Assistant, blocks);
             }
             "tool" => {
-                let tool_use_id = string_field(msg, "tool_call_id")?.ok_or_else(|| {
-                    invalid(format!("messages[{i}].tool_call_id must be a string"))
-                })?;
+                let tool_use_id = string_field(msg, "tool_call_id")?
+                    .ok_or_else(|| invalid(format!("messages[{i}].tool_call_id must be a string")))?;
                 let content = match content {
                     None => None,
                     Some(Value::String(s)) => Some(ToolResultContent::Text(s)),
                     Some(other) => Some(ToolResultContent::Blocks(content_blocks(Some(other), i)?)),
                 };
                 // Anthropic carries tool results inside the next user turn.
-                let block = Block::ToolResult {
-                    tool_use_id,
-                    content,
-                };
+                let block = Block::ToolResult { tool_use_id, content };
                 push_merged(&mut messages, Role::User, vec![block]);
             }
             other => {
-                return Err(invalid(format!(
-                    "messages[{i}].role \"{other}\" is not supported by anthropic"
-                )));
+                return Err(invalid(format!("messages[{i}].role \"{other}\" is not supported by anthropic")));
             }
         }
     }
     if messages.is_empty() {
-        return Err(invalid(
-            "messages must contain at least one non-empty user or assistant message",
-        ));
+        return Err(invalid("messages must contain at least one non-empty user or assistant message"));
     }
     for message in messages.iter_mut().filter(|m| m.role == Role::User) {
         // Anthropic rejects a user turn whose tool_result blocks do not come first; the sort is stable.
-        message
-            .content
-            .sort_by_key(|b| !matches!(b, Block::ToolResult { .. }));
+        message.content.sort_by_key(|b| !matches!(b, Block::ToolResult { .. }));
     }
     let system = (!system.is_empty()).then(|| system.join("\n\n"));
     Ok((system, messages))
@@ -314,18 +281,11 @@ fn push_merged<'a>(messages: &mut Vec<Message<'a>>, role: Role, blocks: Vec<Bloc
     }
     match messages.last_mut() {
         Some(last) if last.role == role => last.content.extend(blocks),
-        _ => messages.push(Message {
-            role,
-            content: blocks,
-        }),
+        _ => messages.push(Message { role, content: blocks }),
     }
 }
 
-fn system_texts<'a>(
-    content: Option<&'a Value>,
-    i: usize,
-    out: &mut Vec<&'a str>,
-) -> Result<(), TranslateError> {
+fn system_texts<'a>(content: Option<&'a Value>, i: usize, out: &mut Vec<&'a str>) -> Result<(), TranslateError> {
     match content {
         None => {}
         Some(Value::String(s)) if s.is_empty() => {}
@@ -337,9 +297,7 @@ fn system_texts<'a>(
                         Some("") => {}
                         Some(text) => out.push(text),
                         None => {
-                            return Err(invalid(format!(
-                                "messages[{i}].content[{j}].text must be a string"
-                            )));
+                            return Err(invalid(format!("messages[{i}].content[{j}].text must be a string")));
                         }
                     },
                     _ => {
@@ -351,9 +309,7 @@ fn system_texts<'a>(
             }
         }
         Some(_) => {
-            return Err(invalid(format!(
-                "messages[{i}].content must be a string or an array of parts"
-            )));
+            return Err(invalid(format!("messages[{i}].content must be a string or an array of parts")));
         }
     }
     Ok(())
@@ -371,17 +327,15 @@ fn content_blocks(content: Option<&Value>, i: usize) -> Result<Vec<Block<'_>>, T
         Some(Value::String(s)) => return Ok(vec![Block::Text { text: s }]),
         Some(Value::Array(parts)) => parts,
         Some(_) => {
-            return Err(invalid(format!(
-                "messages[{i}].content must be a string, an array of parts, or null"
-            )));
+            return Err(invalid(format!("messages[{i}].content must be a string, an array of parts, or null")));
         }
     };
     let mut blocks = Vec::with_capacity(parts.len());
     for (j, part) in parts.iter().enumerate() {
         let text_field = |key: &str| {
-            part.get(key).and_then(Value::as_str).ok_or_else(|| {
-                invalid(format!("messages[{i}].content[{j}].{key} must be a string"))
-            })
+            part.get(key)
+                .and_then(Value::as_str)
+                .ok_or_else(|| invalid(format!("messages[{i}].content[{j}].{key} must be a string")))
         };
         match part_type(part) {
             Some("text") => {
@@ -400,14 +354,8 @@ fn content_blocks(content: Option<&Value>, i: usize) -> Result<Vec<Block<'_>>, T
                 let image = part.get("image_url");
                 let url = image
                     .and_then(|v| v.as_str().or_else(|| v.get("url").and_then(Value::as_str)))
-                    .ok_or_else(|| {
-                        invalid(format!(
-                            "messages[{i}].content[{j}].image_url.url must be a string"
-                        ))
-                    })?;
-                blocks.push(Block::Image {
-                    source: image_source(url, i, j)?,
-                });
+                    .ok_or_else(|| invalid(format!("messages[{i}].content[{j}].image_url.url must be a string")))?;
+                blocks.push(Block::Image { source: image_source(url, i, j)? });
             }
             Some(other) => {
                 return Err(invalid(format!(
@@ -415,9 +363,7 @@ fn content_blocks(content: Option<&Value>, i: usize) -> Result<Vec<Block<'_>>, T
                 )));
             }
             None => {
-                return Err(invalid(format!(
-                    "messages[{i}].content[{j}].type must be a string"
-                )));
+                return Err(invalid(format!("messages[{i}].content[{j}].type must be a string")));
             }
         }
     }
@@ -429,44 +375,28 @@ fn image_source(url: &str, i: usize, j: usize) -> Result<ImageSource<'_>, Transl
         return Ok(ImageSource::Url { url });
     };
     let not_base64 = || {
-        invalid(format!(
-            "messages[{i}].content[{j}]: image data URLs must look like data:<media type>;base64,<data>"
-        ))
+        invalid(format!("messages[{i}].content[{j}]: image data URLs must look like data:<media type>;base64,<data>"))
     };
     let (meta, data) = rest.split_once(',').ok_or_else(not_base64)?;
     let mut params = meta.split(';');
-    let media_type = params
-        .next()
-        .filter(|m| !m.is_empty())
-        .ok_or_else(not_base64)?;
+    let media_type = params.next().filter(|m| !m.is_empty()).ok_or_else(not_base64)?;
     if !params.any(|p| p.eq_ignore_ascii_case("base64")) {
         return Err(not_base64());
     }
     Ok(ImageSource::Base64 { media_type, data })
 }
 
-fn tool_use_blocks<'a>(
-    msg: &'a Map<String, Value>,
-    i: usize,
-    out: &mut Vec<Block<'a>>,
-) -> Result<(), TranslateError> {
+fn tool_use_blocks<'a>(msg: &'a Map<String, Value>, i: usize, out: &mut Vec<Block<'a>>) -> Result<(), TranslateError> {
     let Some(calls) = present(msg, "tool_calls") else {
         return Ok(());
     };
-    let calls = calls
-        .as_array()
-        .ok_or_else(|| invalid(format!("messages[{i}].tool_calls must be an array")))?;
+    let calls = calls.as_array().ok_or_else(|| invalid(format!("messages[{i}].tool_calls must be an array")))?;
     for (j, call) in calls.iter().enumerate() {
         let at = || format!("messages[{i}].tool_calls[{j}]");
-        let id = call
-            .get("id")
-            .and_then(Value::as_str)
-            .ok_or_else(|| invalid(format!("{}.id must be a string", at())))?;
+        let id =
+            call.get("id").and_then(Value::as_str).ok_or_else(|| invalid(format!("{}.id must be a string", at())))?;
         if part_type(call).is_some_and(|t| t != "function") {
-            return Err(invalid(format!(
-                "{}: only function tool calls are supported by anthropic",
-                at()
-            )));
+            return Err(invalid(format!("{}: only function tool calls are supported by anthropic", at())));
         }
         let function = call.get("function");
         let name = function
@@ -478,21 +408,14 @@ fn tool_use_blocks<'a>(
             // Some clients send "" for argument-less calls; Anthropic still wants an object.
             Some(Value::String(s)) if s.trim().is_empty() => Cow::Owned(Value::Object(Map::new())),
             Some(Value::String(s)) => {
-                let parsed: Value = serde_json::from_str(s).map_err(|e| {
-                    invalid(format!(
-                        "{}.function.arguments is not valid JSON: {e}",
-                        at()
-                    ))
-                })?;
+                let parsed: Value = serde_json::from_str(s)
+                    .map_err(|e| invalid(format!("{}.function.arguments is not valid JSON: {e}", at())))?;
                 Cow::Owned(parsed)
             }
             Some(v) => Cow::Borrowed(v),
         };
         if !input.is_object() {
-            return Err(invalid(format!(
-                "{}.function.arguments must encode a JSON object",
-                at()
-            )));
+            return Err(invalid(format!("{}.function.arguments must encode a JSON object", at())));
         }
         out.push(Block::ToolUse { id, name, input });
     }
@@ -526,9 +449,7 @@ fn translate_tools(req: &Map<String, Value>) -> Result<TranslatedTools<'_>, Tran
     let Some(list) = present(req, "tools") else {
         return Ok((None, None));
     };
-    let list = list
-        .as_array()
-        .ok_or_else(|| invalid("tools must be an array"))?;
+    let list = list.as_array().ok_or_else(|| invalid("tools must be an array"))?;
     if list.is_empty() || matches!(choice, Some(OpenAiToolChoice::None)) {
         // Anthropic's closest equivalent of "never call a tool" is not offering any.
         return Ok((None, None));
@@ -537,9 +458,7 @@ fn translate_tools(req: &Map<String, Value>) -> Result<TranslatedTools<'_>, Tran
     let mut tools = Vec::with_capacity(list.len());
     for (k, tool) in list.iter().enumerate() {
         if part_type(tool).is_some_and(|t| t != "function") {
-            return Err(invalid(format!(
-                "tools[{k}]: only function tools are supported by anthropic"
-            )));
+            return Err(invalid(format!("tools[{k}]: only function tools are supported by anthropic")));
         }
         let function = tool
             .get("function")
@@ -552,25 +471,17 @@ fn translate_tools(req: &Map<String, Value>) -> Result<TranslatedTools<'_>, Tran
             // Anthropic requires a schema even for argument-less tools; OpenAI lets it be omitted.
             None => Cow::Owned(serde_json::json!({"type": "object", "properties": {}})),
         };
-        tools.push(Tool {
-            name,
-            description: string_field(function, "description")?,
-            input_schema,
-        });
+        tools.push(Tool { name, description: string_field(function, "description")?, input_schema });
     }
 
-    let disable_parallel_tool_use =
-        present(req, "parallel_tool_calls").and_then(Value::as_bool) == Some(false);
+    let disable_parallel_tool_use = present(req, "parallel_tool_calls").and_then(Value::as_bool) == Some(false);
     let (kind, name) = match choice {
         Some(OpenAiToolChoice::Required) => ("any", None),
         Some(OpenAiToolChoice::Named(name)) => ("tool", Some(name)),
         _ => ("auto", None),
     };
-    let tool_choice = (choice.is_some() || disable_parallel_tool_use).then_some(ToolChoice {
-        kind,
-        name,
-        disable_parallel_tool_use,
-    });
+    let tool_choice =
+        (choice.is_some() || disable_parallel_tool_use).then_some(ToolChoice { kind, name, disable_parallel_tool_use });
     Ok((Some(tools), tool_choice))
 }
 
@@ -619,12 +530,8 @@ impl AnthropicUsage {
     fn update(&mut self, newer: &AnthropicUsage) {
         self.input_tokens = newer.input_tokens.or(self.input_tokens);
         self.output_tokens = newer.output_tokens.or(self.output_tokens);
-        self.cache_creation_input_tokens = newer
-            .cache_creation_input_tokens
-            .or(self.cache_creation_input_tokens);
-        self.cache_read_input_tokens = newer
-            .cache_read_input_tokens
-            .or(self.cache_read_input_tokens);
+        self.cache_creation_input_tokens = newer.cache_creation_input_tokens.or(self.cache_creation_input_tokens);
+        self.cache_read_input_tokens = newer.cache_read_input_tokens.or(self.cache_read_input_tokens);
     }
 
     fn to_usage(self) -> Usage {
@@ -634,10 +541,7 @@ impl AnthropicUsage {
             .unwrap_or(0)
             .saturating_add(self.cache_read_input_tokens.unwrap_or(0))
             .saturating_add(self.cache_creation_input_tokens.unwrap_or(0));
-        Usage {
-            prompt_tokens,
-            completion_tokens: self.output_tokens.unwrap_or(0),
-        }
+        Usage { prompt_tokens, completion_tokens: self.output_tokens.unwrap_or(0) }
     }
 }
 
@@ -712,17 +616,12 @@ fn response_id(anthropic_id: Option<&str>) -> String {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Anthropic non-streamed response body → OpenAI `chat.completion` JSON bytes, plus usage.
 /// `client_model` is the model name to report back to the client.
-pub fn response_from_anthropic(
-    body: &[u8],
-    client_model: &str,
-) -> Result<(Vec<u8>, Usage), TranslateError> {
+pub fn response_from_anthropic(body: &[u8], client_model: &str) -> Result<(Vec<u8>, Usage), TranslateError> {
     response_from_anthropic_at(body, client_model, unix_now())
 }
 
@@ -731,8 +630,8 @@ fn response_from_anthropic_at(
     client_model: &str,
     created: u64,
 ) -> Result<(Vec<u8>, Usage), TranslateError> {
-    let response: MessagesResponse<'_> = serde_json::from_slice(body)
-        .map_err(|e| bad_upstream(format!("unreadable anthropic response: {e}")))?;
+    let response: MessagesResponse<'_> =
+        serde_json::from_slice(body).map_err(|e| bad_upstream(format!("unreadable anthropic response: {e}")))?;
     if response.kind.as_deref() == Some("error") {
         return Err(bad_upstream(error_message(body)));
     }
@@ -753,10 +652,7 @@ fn response_from_anthropic_at(
                 tool_calls.push(ToolCallOut {
                     id,
                     kind: "function",
-                    function: FunctionOut {
-                        name,
-                        arguments: block.input.map_or("{}", RawValue::get),
-                    },
+                    function: FunctionOut { name, arguments: block.input.map_or("{}", RawValue::get) },
                 });
             }
             // Thinking and server-tool blocks have no chat-completions equivalent.
@@ -772,17 +668,13 @@ fn response_from_anthropic_at(
         model: client_model,
         choices: [CompletionChoice {
             index: 0,
-            message: CompletionMessage {
-                role: "assistant",
-                content: text,
-                tool_calls,
-            },
+            message: CompletionMessage { role: "assistant", content: text, tool_calls },
             finish_reason: finish_reason(response.stop_reason.as_deref().unwrap_or("end_turn")),
         }],
         usage: usage.into(),
     };
-    let bytes = serde_json::to_vec(&completion)
-        .map_err(|e| bad_upstream(format!("response cannot be encoded: {e}")))?;
+    let bytes =
+        serde_json::to_vec(&completion).map_err(|e| bad_upstream(format!("response cannot be encoded: {e}")))?;
     Ok((bytes, usage))
 }
 
@@ -831,11 +723,7 @@ pub fn error_message(body: &[u8]) -> String {
     }
     let text = String::from_utf8_lossy(&body[..end]);
     let text = text.trim();
-    if text.is_empty() {
-        "anthropic returned an empty error body".to_owned()
-    } else {
-        text.to_owned()
-    }
+    if text.is_empty() { "anthropic returned an empty error body".to_owned() } else { text.to_owned() }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1033,11 +921,7 @@ impl StreamTranslator {
                 return;
             }
         };
-        let kind = parsed
-            .kind
-            .as_deref()
-            .or(event.event.as_deref())
-            .unwrap_or("");
+        let kind = parsed.kind.as_deref().or(event.event.as_deref()).unwrap_or("");
         match kind {
             "message_start" => {
                 if let Some(message) = &parsed.message {
@@ -1097,10 +981,7 @@ impl StreamTranslator {
                         index: tool_index,
                         id: Some(block.id.as_deref().unwrap_or("")),
                         kind: Some("function"),
-                        function: FunctionDelta {
-                            name: Some(block.name.as_deref().unwrap_or("")),
-                            arguments: "",
-                        },
+                        function: FunctionDelta { name: Some(block.name.as_deref().unwrap_or("")), arguments: "" },
                     }]),
                     ..ChunkDelta::default()
                 };
@@ -1124,12 +1005,7 @@ impl StreamTranslator {
                 }
             }
             Some("input_json_delta") => {
-                let tool_index = self
-                    .tool_blocks
-                    .iter()
-                    .rev()
-                    .find(|(b, _)| *b == block_index)
-                    .map(|&(_, t)| t);
+                let tool_index = self.tool_blocks.iter().rev().find(|(b, _)| *b == block_index).map(|&(_, t)| t);
                 // Anthropic opens every tool block with an empty fragment; it adds nothing for the client.
                 let json = delta.partial_json.as_deref().filter(|j| !j.is_empty());
                 if let (Some(tool_index), Some(json)) = (tool_index, json) {
@@ -1138,10 +1014,7 @@ impl StreamTranslator {
                             index: tool_index,
                             id: None,
                             kind: None,
-                            function: FunctionDelta {
-                                name: None,
-                                arguments: json,
-                            },
+                            function: FunctionDelta { name: None, arguments: json },
                         }]),
                         ..ChunkDelta::default()
                     };
@@ -1182,28 +1055,16 @@ impl StreamTranslator {
             return;
         }
         self.role_sent = true;
-        let delta = ChunkDelta {
-            role: Some("assistant"),
-            content: Some(""),
-            tool_calls: None,
-        };
+        let delta = ChunkDelta { role: Some("assistant"), content: Some(""), tool_calls: None };
         self.send_chunk(out, delta, None);
     }
 
     fn send_text(&self, out: &mut BytesMut, text: &str) {
-        let delta = ChunkDelta {
-            content: Some(text),
-            ..ChunkDelta::default()
-        };
+        let delta = ChunkDelta { content: Some(text), ..ChunkDelta::default() };
         self.send_chunk(out, delta, None);
     }
 
-    fn send_chunk(
-        &self,
-        out: &mut BytesMut,
-        delta: ChunkDelta<'_>,
-        finish_reason: Option<&'static str>,
-    ) {
+    fn send_chunk(&self, out: &mut BytesMut, delta: ChunkDelta<'_>, finish_reason: Option<&'static str>) {
         write_data(
             out,
             &Chunk {
@@ -1211,25 +1072,13 @@ impl StreamTranslator {
                 object: "chat.completion.chunk",
                 created: self.created,
                 model: &self.model,
-                choices: [ChunkChoice {
-                    index: 0,
-                    delta,
-                    finish_reason,
-                }],
+                choices: [ChunkChoice { index: 0, delta, finish_reason }],
             },
         );
     }
 
     fn fail(&mut self, message: &str, out: &mut BytesMut) {
-        write_data(
-            out,
-            &ErrorChunk {
-                error: ErrorChunkBody {
-                    kind: "upstream_error",
-                    message,
-                },
-            },
-        );
+        write_data(out, &ErrorChunk { error: ErrorChunkBody { kind: "upstream_error", message } });
         self.done = true;
         self.send_done(out);
     }
@@ -1387,14 +1236,8 @@ mod tests {
             {"role": "developer", "content": [{"type": "text", "text": "Rule two."}, {"type": "text", "text": "Rule three."}]},
             {"role": "system", "content": ""}
         ]}));
-        assert_eq!(
-            out["system"],
-            json!("Rule one.\n\nRule two.\n\nRule three.")
-        );
-        assert_eq!(
-            out["messages"],
-            json!([{"role": "user", "content": [{"type": "text", "text": "hi"}]}])
-        );
+        assert_eq!(out["system"], json!("Rule one.\n\nRule two.\n\nRule three."));
+        assert_eq!(out["messages"], json!([{"role": "user", "content": [{"type": "text", "text": "hi"}]}]));
     }
 
     #[test]
@@ -1403,10 +1246,7 @@ mod tests {
             {"role": "system", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]},
             {"role": "user", "content": "hi"}
         ]}));
-        assert_eq!(
-            message,
-            "messages[0].content[0]: system messages may only contain text parts"
-        );
+        assert_eq!(message, "messages[0].content[0]: system messages may only contain text parts");
     }
 
     #[test]
@@ -1432,10 +1272,7 @@ mod tests {
         let message = translate_err(json!({"messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "data:image/svg+xml,<svg/>"}}
         ]}]}));
-        assert_eq!(
-            message,
-            "messages[0].content[0]: image data URLs must look like data:<media type>;base64,<data>"
-        );
+        assert_eq!(message, "messages[0].content[0]: image data URLs must look like data:<media type>;base64,<data>");
     }
 
     #[test]
@@ -1443,10 +1280,7 @@ mod tests {
         let message = translate_err(json!({"messages": [{"role": "user", "content": [
             {"type": "input_audio", "input_audio": {"data": "AAA", "format": "wav"}}
         ]}]}));
-        assert_eq!(
-            message,
-            "messages[0].content[0]: content part type \"input_audio\" is not supported by anthropic"
-        );
+        assert_eq!(message, "messages[0].content[0]: content part type \"input_audio\" is not supported by anthropic");
     }
 
     #[test]
@@ -1553,10 +1387,7 @@ mod tests {
                 {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\"city\": "}}
             ]}
         ]}));
-        assert!(
-            message.starts_with("messages[1].tool_calls[0].function.arguments is not valid JSON: "),
-            "{message}"
-        );
+        assert!(message.starts_with("messages[1].tool_calls[0].function.arguments is not valid JSON: "), "{message}");
     }
 
     #[test]
@@ -1567,10 +1398,7 @@ mod tests {
                 {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "[1,2]"}}
             ]}
         ]}));
-        assert_eq!(
-            message,
-            "messages[1].tool_calls[0].function.arguments must encode a JSON object"
-        );
+        assert_eq!(message, "messages[1].tool_calls[0].function.arguments must encode a JSON object");
     }
 
     #[test]
@@ -1584,12 +1412,8 @@ mod tests {
 
     #[test]
     fn unknown_role_is_rejected() {
-        let message =
-            translate_err(json!({"messages": [{"role": "function", "name": "f", "content": "x"}]}));
-        assert_eq!(
-            message,
-            "messages[0].role \"function\" is not supported by anthropic"
-        );
+        let message = translate_err(json!({"messages": [{"role": "function", "name": "f", "content": "x"}]}));
+        assert_eq!(message, "messages[0].role \"function\" is not supported by anthropic");
     }
 
     #[test]
@@ -1598,10 +1422,7 @@ mod tests {
             "messages": [{"role": "user", "content": "q"}],
             "tools": [{"type": "function", "function": {"name": "now"}}]
         }));
-        assert_eq!(
-            out["tools"],
-            json!([{"name": "now", "input_schema": {"type": "object", "properties": {}}}])
-        );
+        assert_eq!(out["tools"], json!([{"name": "now", "input_schema": {"type": "object", "properties": {}}}]));
         assert_eq!(out.get("tool_choice"), None);
     }
 
@@ -1611,10 +1432,7 @@ mod tests {
             "messages": [{"role": "user", "content": "q"}],
             "tools": [{"type": "code_interpreter"}]
         }));
-        assert_eq!(
-            message,
-            "tools[0]: only function tools are supported by anthropic"
-        );
+        assert_eq!(message, "tools[0]: only function tools are supported by anthropic");
     }
 
     fn with_tool_choice(choice: Value) -> Value {
@@ -1627,14 +1445,8 @@ mod tests {
 
     #[test]
     fn tool_choice_maps_to_anthropic_equivalents() {
-        assert_eq!(
-            with_tool_choice(json!("auto"))["tool_choice"],
-            json!({"type": "auto"})
-        );
-        assert_eq!(
-            with_tool_choice(json!("required"))["tool_choice"],
-            json!({"type": "any"})
-        );
+        assert_eq!(with_tool_choice(json!("auto"))["tool_choice"], json!({"type": "auto"}));
+        assert_eq!(with_tool_choice(json!("required"))["tool_choice"], json!({"type": "any"}));
         assert_eq!(
             with_tool_choice(json!({"type": "function", "function": {"name": "f"}}))["tool_choice"],
             json!({"type": "tool", "name": "f"})
@@ -1660,9 +1472,7 @@ mod tests {
 
     #[test]
     fn tool_choice_without_tools_is_dropped() {
-        let out = translate(
-            json!({"messages": [{"role": "user", "content": "q"}], "tool_choice": "required"}),
-        );
+        let out = translate(json!({"messages": [{"role": "user", "content": "q"}], "tool_choice": "required"}));
         assert_eq!(out.get("tool_choice"), None);
         assert_eq!(out.get("tools"), None);
     }
@@ -1674,10 +1484,7 @@ mod tests {
             "tools": [{"type": "function", "function": {"name": "f"}}],
             "parallel_tool_calls": false
         }));
-        assert_eq!(
-            out["tool_choice"],
-            json!({"type": "auto", "disable_parallel_tool_use": true})
-        );
+        assert_eq!(out["tool_choice"], json!({"type": "auto", "disable_parallel_tool_use": true}));
     }
 
     #[test]
@@ -1691,80 +1498,48 @@ mod tests {
         };
         assert_eq!(base(json!({"max_tokens": 10})), json!(10));
         assert_eq!(base(json!({"max_completion_tokens": 20})), json!(20));
-        assert_eq!(
-            base(json!({"max_tokens": 10, "max_completion_tokens": 20})),
-            json!(20)
-        );
+        assert_eq!(base(json!({"max_tokens": 10, "max_completion_tokens": 20})), json!(20));
         assert_eq!(base(json!({})), json!(1024));
     }
 
     #[test]
     fn non_positive_max_tokens_is_rejected() {
         for bad in [json!(0), json!(-5), json!(1.5), json!("100")] {
-            let message = translate_err(
-                json!({"messages": [{"role": "user", "content": "q"}], "max_tokens": bad}),
-            );
-            assert_eq!(
-                message,
-                "max_tokens / max_completion_tokens must be a positive integer"
-            );
+            let message = translate_err(json!({"messages": [{"role": "user", "content": "q"}], "max_tokens": bad}));
+            assert_eq!(message, "max_tokens / max_completion_tokens must be a positive integer");
         }
     }
 
     #[test]
     fn stop_string_becomes_single_stop_sequence() {
-        let out =
-            translate(json!({"messages": [{"role": "user", "content": "q"}], "stop": "\n\n"}));
+        let out = translate(json!({"messages": [{"role": "user", "content": "q"}], "stop": "\n\n"}));
         assert_eq!(out["stop_sequences"], json!(["\n\n"]));
         let out = translate(json!({"messages": [{"role": "user", "content": "q"}], "stop": []}));
         assert_eq!(out.get("stop_sequences"), None);
-        let message =
-            translate_err(json!({"messages": [{"role": "user", "content": "q"}], "stop": [1]}));
+        let message = translate_err(json!({"messages": [{"role": "user", "content": "q"}], "stop": [1]}));
         assert_eq!(message, "stop must be a string or an array of strings");
     }
 
     #[test]
     fn stream_false_is_forwarded() {
-        let out =
-            translate(json!({"messages": [{"role": "user", "content": "q"}], "stream": false}));
+        let out = translate(json!({"messages": [{"role": "user", "content": "q"}], "stream": false}));
         assert_eq!(out["stream"], json!(false));
     }
 
     #[test]
     fn wrongly_typed_scalars_are_rejected() {
         let msgs = json!([{"role": "user", "content": "q"}]);
-        assert_eq!(
-            translate_err(json!({"messages": msgs, "temperature": "hot"})),
-            "temperature must be a number"
-        );
-        assert_eq!(
-            translate_err(json!({"messages": msgs, "stream": "yes"})),
-            "stream must be a boolean"
-        );
-        assert_eq!(
-            translate_err(json!({"messages": msgs, "user": 7})),
-            "user must be a string"
-        );
+        assert_eq!(translate_err(json!({"messages": msgs, "temperature": "hot"})), "temperature must be a number");
+        assert_eq!(translate_err(json!({"messages": msgs, "stream": "yes"})), "stream must be a boolean");
+        assert_eq!(translate_err(json!({"messages": msgs, "user": 7})), "user must be a string");
     }
 
     #[test]
     fn missing_or_empty_messages_are_rejected() {
-        assert_eq!(
-            translate_err(json!({})),
-            "messages must be a non-empty array"
-        );
-        assert_eq!(
-            translate_err(json!({"messages": []})),
-            "messages must be a non-empty array"
-        );
-        assert_eq!(
-            translate_err(json!({"messages": "hi"})),
-            "messages must be a non-empty array"
-        );
-        assert_eq!(
-            translate_err(json!([1])),
-            "request body must be a JSON object"
-        );
+        assert_eq!(translate_err(json!({})), "messages must be a non-empty array");
+        assert_eq!(translate_err(json!({"messages": []})), "messages must be a non-empty array");
+        assert_eq!(translate_err(json!({"messages": "hi"})), "messages must be a non-empty array");
+        assert_eq!(translate_err(json!([1])), "request body must be a JSON object");
     }
 
     #[test]
@@ -1785,10 +1560,7 @@ mod tests {
 
     #[test]
     fn invalid_request_displays_as_its_bare_message() {
-        assert_eq!(
-            TranslateError::InvalidRequest("boom".into()).to_string(),
-            "boom"
-        );
+        assert_eq!(TranslateError::InvalidRequest("boom".into()).to_string(), "boom");
     }
 
     // ---- response -----------------------------------------------------------------------------
@@ -1818,13 +1590,7 @@ mod tests {
                 "usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}
             })
         );
-        assert_eq!(
-            usage,
-            Usage {
-                prompt_tokens: 12,
-                completion_tokens: 5
-            }
-        );
+        assert_eq!(usage, Usage { prompt_tokens: 12, completion_tokens: 5 });
     }
 
     #[test]
@@ -1848,13 +1614,9 @@ mod tests {
         assert_eq!(calls[0]["id"], json!("toolu_1"));
         assert_eq!(calls[0]["type"], json!("function"));
         assert_eq!(calls[0]["function"]["name"], json!("get_weather"));
-        let args: Value =
-            serde_json::from_str(calls[0]["function"]["arguments"].as_str().unwrap()).unwrap();
+        let args: Value = serde_json::from_str(calls[0]["function"]["arguments"].as_str().unwrap()).unwrap();
         assert_eq!(args, json!({"city": "Paris", "units": ["c"]}));
-        assert_eq!(
-            calls[1]["function"],
-            json!({"name": "now", "arguments": "{}"})
-        );
+        assert_eq!(calls[1]["function"], json!({"name": "now", "arguments": "{}"}));
     }
 
     #[test]
@@ -1865,12 +1627,7 @@ mod tests {
             "stop_reason": "tool_use", "usage": {"input_tokens": 1, "output_tokens": 1}
         }));
         assert_eq!(out["choices"][0]["message"]["content"], Value::Null);
-        assert!(
-            out["choices"][0]["message"]
-                .as_object()
-                .unwrap()
-                .contains_key("content")
-        );
+        assert!(out["choices"][0]["message"].as_object().unwrap().contains_key("content"));
     }
 
     #[test]
@@ -1896,23 +1653,13 @@ mod tests {
             "id": "m", "type": "message", "content": [{"type": "text", "text": "x"}], "stop_reason": "end_turn",
             "usage": {"input_tokens": 10, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 1000, "output_tokens": 7}
         }));
-        assert_eq!(
-            usage,
-            Usage {
-                prompt_tokens: 1110,
-                completion_tokens: 7
-            }
-        );
-        assert_eq!(
-            out["usage"],
-            json!({"prompt_tokens": 1110, "completion_tokens": 7, "total_tokens": 1117})
-        );
+        assert_eq!(usage, Usage { prompt_tokens: 1110, completion_tokens: 7 });
+        assert_eq!(out["usage"], json!({"prompt_tokens": 1110, "completion_tokens": 7, "total_tokens": 1117}));
     }
 
     #[test]
     fn error_shaped_response_is_bad_upstream() {
-        let body =
-            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+        let body = br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
         match response_from_anthropic(body, MODEL) {
             Err(TranslateError::BadUpstream(message)) => {
                 assert_eq!(message, "overloaded_error: Overloaded")
@@ -1924,10 +1671,7 @@ mod tests {
     #[test]
     fn unreadable_response_is_bad_upstream() {
         for body in [&b"<html>502</html>"[..], b"", br#"{"content": 5}"#] {
-            assert!(matches!(
-                response_from_anthropic(body, MODEL),
-                Err(TranslateError::BadUpstream(_))
-            ));
+            assert!(matches!(response_from_anthropic(body, MODEL), Err(TranslateError::BadUpstream(_))));
         }
     }
 
@@ -1944,19 +1688,14 @@ mod tests {
 
     #[test]
     fn error_body_yields_type_and_message() {
-        let body = br#"{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: Field required"}}"#;
-        assert_eq!(
-            error_message(body),
-            "invalid_request_error: max_tokens: Field required"
-        );
+        let body =
+            br#"{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: Field required"}}"#;
+        assert_eq!(error_message(body), "invalid_request_error: max_tokens: Field required");
     }
 
     #[test]
     fn non_anthropic_error_body_falls_back_to_raw_text() {
-        assert_eq!(
-            error_message(b"  upstream connect error\n"),
-            "upstream connect error"
-        );
+        assert_eq!(error_message(b"  upstream connect error\n"), "upstream connect error");
         assert_eq!(error_message(br#"{"error":"nope"}"#), r#"{"error":"nope"}"#);
         assert_eq!(error_message(b""), "anthropic returned an empty error body");
     }
@@ -1975,19 +1714,12 @@ mod tests {
     /// Every frame must be exactly `data: <payload>\n\n`; `[DONE]` comes back as the string "[DONE]".
     fn frames(out: &[u8]) -> Vec<Value> {
         let text = std::str::from_utf8(out).unwrap();
-        assert!(
-            text.is_empty() || text.ends_with("\n\n"),
-            "unterminated frame: {text:?}"
-        );
+        assert!(text.is_empty() || text.ends_with("\n\n"), "unterminated frame: {text:?}");
         text.split_terminator("\n\n")
             .map(|frame| {
                 let payload = frame.strip_prefix("data: ").unwrap();
                 assert!(!payload.contains('\n'));
-                if payload == "[DONE]" {
-                    json!("[DONE]")
-                } else {
-                    serde_json::from_str(payload).unwrap()
-                }
+                if payload == "[DONE]" { json!("[DONE]") } else { serde_json::from_str(payload).unwrap() }
             })
             .collect()
     }
@@ -2003,10 +1735,7 @@ mod tests {
     }
 
     fn sse(events: &[(&str, Value)]) -> String {
-        events
-            .iter()
-            .map(|(name, data)| format!("event: {name}\ndata: {data}\n\n"))
-            .collect()
+        events.iter().map(|(name, data)| format!("event: {name}\ndata: {data}\n\n")).collect()
     }
 
     fn text_stream() -> String {
@@ -2036,10 +1765,7 @@ mod tests {
                 "content_block_delta",
                 json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " wörld ✓"}}),
             ),
-            (
-                "content_block_stop",
-                json!({"type": "content_block_stop", "index": 0}),
-            ),
+            ("content_block_stop", json!({"type": "content_block_stop", "index": 0})),
             (
                 "message_delta",
                 json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 15}}),
@@ -2071,11 +1797,7 @@ mod tests {
         frames
     }
 
-    fn run(
-        input: &[u8],
-        include_usage: bool,
-        split: impl Fn(&[u8]) -> Vec<&[u8]>,
-    ) -> (Vec<Value>, StreamTranslator) {
+    fn run(input: &[u8], include_usage: bool, split: impl Fn(&[u8]) -> Vec<&[u8]>) -> (Vec<Value>, StreamTranslator) {
         let mut t = StreamTranslator::new_at(MODEL, include_usage, CREATED);
         let mut out = BytesMut::new();
         for piece in split(input) {
@@ -2093,13 +1815,7 @@ mod tests {
     fn full_text_stream_translates_to_openai_chunks_usage_and_done() {
         let (frames, t) = run(text_stream().as_bytes(), true, whole);
         assert_eq!(frames, expected_text_frames(true));
-        assert_eq!(
-            t.usage(),
-            Some(Usage {
-                prompt_tokens: 30,
-                completion_tokens: 15
-            })
-        );
+        assert_eq!(t.usage(), Some(Usage { prompt_tokens: 30, completion_tokens: 15 }));
         assert!(t.is_done());
     }
 
@@ -2107,13 +1823,7 @@ mod tests {
     fn usage_chunk_is_omitted_unless_requested() {
         let (frames, t) = run(text_stream().as_bytes(), false, whole);
         assert_eq!(frames, expected_text_frames(false));
-        assert_eq!(
-            t.usage(),
-            Some(Usage {
-                prompt_tokens: 30,
-                completion_tokens: 15
-            })
-        );
+        assert_eq!(t.usage(), Some(Usage { prompt_tokens: 30, completion_tokens: 15 }));
     }
 
     #[test]
@@ -2162,21 +1872,9 @@ mod tests {
         assert_eq!(t.usage(), None);
         let start_end = input.find("\n\n").unwrap() + 2;
         t.feed(&input.as_bytes()[..start_end], &mut out);
-        assert_eq!(
-            t.usage(),
-            Some(Usage {
-                prompt_tokens: 30,
-                completion_tokens: 1
-            })
-        );
+        assert_eq!(t.usage(), Some(Usage { prompt_tokens: 30, completion_tokens: 1 }));
         t.feed(&input.as_bytes()[start_end..], &mut out);
-        assert_eq!(
-            t.usage(),
-            Some(Usage {
-                prompt_tokens: 30,
-                completion_tokens: 15
-            })
-        );
+        assert_eq!(t.usage(), Some(Usage { prompt_tokens: 30, completion_tokens: 15 }));
     }
 
     #[test]
@@ -2194,10 +1892,7 @@ mod tests {
                 "content_block_delta",
                 json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Checking."}}),
             ),
-            (
-                "content_block_stop",
-                json!({"type": "content_block_stop", "index": 0}),
-            ),
+            ("content_block_stop", json!({"type": "content_block_stop", "index": 0})),
             (
                 "content_block_start",
                 json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_a", "name": "get_weather", "input": {}}}),
@@ -2214,10 +1909,7 @@ mod tests {
                 "content_block_delta",
                 json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": " \"Paris\"}"}}),
             ),
-            (
-                "content_block_stop",
-                json!({"type": "content_block_stop", "index": 1}),
-            ),
+            ("content_block_stop", json!({"type": "content_block_stop", "index": 1})),
             (
                 "content_block_start",
                 json!({"type": "content_block_start", "index": 2, "content_block": {"type": "tool_use", "id": "toolu_b", "name": "now", "input": {}}}),
@@ -2226,10 +1918,7 @@ mod tests {
                 "content_block_delta",
                 json!({"type": "content_block_delta", "index": 2, "delta": {"type": "input_json_delta", "partial_json": "{}"}}),
             ),
-            (
-                "content_block_stop",
-                json!({"type": "content_block_stop", "index": 2}),
-            ),
+            ("content_block_stop", json!({"type": "content_block_stop", "index": 2})),
             (
                 "message_delta",
                 json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": 40}}),
@@ -2248,37 +1937,19 @@ mod tests {
                     json!({"tool_calls": [{"index": 0, "id": "toolu_a", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]}),
                     Value::Null
                 ),
-                chunk(
-                    id,
-                    json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\":"}}]}),
-                    Value::Null
-                ),
-                chunk(
-                    id,
-                    json!({"tool_calls": [{"index": 0, "function": {"arguments": " \"Paris\"}"}}]}),
-                    Value::Null
-                ),
+                chunk(id, json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\":"}}]}), Value::Null),
+                chunk(id, json!({"tool_calls": [{"index": 0, "function": {"arguments": " \"Paris\"}"}}]}), Value::Null),
                 chunk(
                     id,
                     json!({"tool_calls": [{"index": 1, "id": "toolu_b", "type": "function", "function": {"name": "now", "arguments": ""}}]}),
                     Value::Null
                 ),
-                chunk(
-                    id,
-                    json!({"tool_calls": [{"index": 1, "function": {"arguments": "{}"}}]}),
-                    Value::Null
-                ),
+                chunk(id, json!({"tool_calls": [{"index": 1, "function": {"arguments": "{}"}}]}), Value::Null),
                 chunk(id, json!({}), json!("tool_calls")),
                 json!("[DONE]"),
             ]
         );
-        assert_eq!(
-            t.usage(),
-            Some(Usage {
-                prompt_tokens: 50,
-                completion_tokens: 40
-            })
-        );
+        assert_eq!(t.usage(), Some(Usage { prompt_tokens: 50, completion_tokens: 40 }));
     }
 
     #[test]
@@ -2309,10 +1980,7 @@ mod tests {
                 "content_block_delta",
                 json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}}),
             ),
-            (
-                "error",
-                json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
-            ),
+            ("error", json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})),
         ]);
         input.push_str(&sse(&[(
             "content_block_delta",
@@ -2322,31 +1990,18 @@ mod tests {
         let mut out = BytesMut::new();
         t.feed(input.as_bytes(), &mut out);
         assert!(t.is_done());
-        t.feed(
-            b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
-            &mut out,
-        );
+        t.feed(b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n", &mut out);
         t.finish(&mut out);
         assert_eq!(
             frames(&out),
             vec![
-                chunk(
-                    "chatcmpl-msg_e",
-                    json!({"role": "assistant", "content": ""}),
-                    Value::Null
-                ),
+                chunk("chatcmpl-msg_e", json!({"role": "assistant", "content": ""}), Value::Null),
                 chunk("chatcmpl-msg_e", json!({"content": "Hi"}), Value::Null),
                 json!({"error": {"type": "upstream_error", "message": "overloaded_error: Overloaded"}}),
                 json!("[DONE]"),
             ]
         );
-        assert_eq!(
-            t.usage(),
-            Some(Usage {
-                prompt_tokens: 3,
-                completion_tokens: 1
-            })
-        );
+        assert_eq!(t.usage(), Some(Usage { prompt_tokens: 3, completion_tokens: 1 }));
     }
 
     #[test]
@@ -2371,17 +2026,13 @@ mod tests {
         t.finish(&mut out);
         t.finish(&mut out);
         let mut expected = expected_text_frames(false)[..4].to_vec();
-        expected.push(json!({"error": {"type": "upstream_error", "message": "anthropic stream ended before message_stop"}}));
+        expected.push(
+            json!({"error": {"type": "upstream_error", "message": "anthropic stream ended before message_stop"}}),
+        );
         expected.push(json!("[DONE]"));
         assert_eq!(frames(&out), expected);
         assert!(t.is_done());
-        assert_eq!(
-            t.usage(),
-            Some(Usage {
-                prompt_tokens: 30,
-                completion_tokens: 1
-            })
-        );
+        assert_eq!(t.usage(), Some(Usage { prompt_tokens: 30, completion_tokens: 1 }));
     }
 
     #[test]
@@ -2415,12 +2066,7 @@ mod tests {
         let frames = frames(&out);
         assert_eq!(frames.len(), 2);
         assert_eq!(frames[0]["error"]["type"], json!("upstream_error"));
-        assert!(
-            frames[0]["error"]["message"]
-                .as_str()
-                .unwrap()
-                .starts_with("unreadable anthropic stream event: ")
-        );
+        assert!(frames[0]["error"]["message"].as_str().unwrap().starts_with("unreadable anthropic stream event: "));
         assert_eq!(frames[1], json!("[DONE]"));
     }
 
@@ -2449,14 +2095,7 @@ mod tests {
         let (frames, _) = run(input.as_bytes(), false, whole);
         assert_eq!(
             frames,
-            vec![
-                chunk(
-                    "chatcmpl-m",
-                    json!({"role": "assistant", "content": ""}),
-                    Value::Null
-                ),
-                json!("[DONE]"),
-            ]
+            vec![chunk("chatcmpl-m", json!({"role": "assistant", "content": ""}), Value::Null), json!("[DONE]"),]
         );
     }
 

@@ -41,8 +41,8 @@ struct StreamOptions {
 
 /// Reads `model`, `stream`, `max_tokens` and `fallbacks` without building the whole document.
 pub fn peek(body: &[u8]) -> Result<Peek<'_>, GatewayError> {
-    let raw: RawPeek<'_> =
-        serde_json::from_slice(body).map_err(|e| GatewayError::InvalidRequest(format!("request body is not valid JSON: {e}")))?;
+    let raw: RawPeek<'_> = serde_json::from_slice(body)
+        .map_err(|e| GatewayError::InvalidRequest(format!("request body is not valid JSON: {e}")))?;
     let model = match raw.model {
         Some(m) if !m.is_empty() => m,
         _ => return Err(GatewayError::InvalidRequest("missing `model`".into())),
@@ -63,8 +63,8 @@ pub fn prepare(original: &Bytes, peek: &Peek<'_>, upstream_model: &str) -> Resul
     if upstream_model == peek.model && peek.fallbacks.is_empty() && !ask_usage {
         return Ok(original.clone());
     }
-    let mut doc: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(original).map_err(|e| GatewayError::InvalidRequest(format!("request body must be a JSON object: {e}")))?;
+    let mut doc: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(original)
+        .map_err(|e| GatewayError::InvalidRequest(format!("request body must be a JSON object: {e}")))?;
     doc.insert("model".into(), upstream_model.into());
     doc.remove("fallbacks");
     if ask_usage {
@@ -161,7 +161,9 @@ mod tests {
 
     #[test]
     fn usage_only_chunks_are_recognised() {
-        let info = inspect_chunk(br#"{"id":"x","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#);
+        let info = inspect_chunk(
+            br#"{"id":"x","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#,
+        );
         assert_eq!(info.usage, Some(super::super::Usage { prompt_tokens: 3, completion_tokens: 4 }));
         assert!(info.usage_only);
         let info = inspect_chunk(br#"{"choices":[{"delta":{"content":"the word \"usage\""}}],"usage":null}"#);

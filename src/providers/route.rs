@@ -22,13 +22,13 @@ pub struct Target<'s, 'r> {
 /// A bare name goes to the first provider that lists it. Names with a `/` whose prefix is not a
 /// provider (`meta-llama/Llama-3`) are bare names.
 pub fn resolve<'s, 'r>(snap: &'s Snapshot, requested: &'r str) -> Result<Target<'s, 'r>, GatewayError> {
-    if let Some((prefix, model)) = requested.split_once('/') {
-        if let Some((i, provider)) = snap.provider(prefix) {
-            if model.is_empty() || (!provider.models.is_empty() && !provider.models.iter().any(|m| m == model)) {
-                return Err(GatewayError::ModelNotFound(requested.to_string()));
-            }
-            return Ok(Target { provider_index: i, provider, model, prefixed: true });
+    if let Some((prefix, model)) = requested.split_once('/')
+        && let Some((i, provider)) = snap.provider(prefix)
+    {
+        if model.is_empty() || (!provider.models.is_empty() && !provider.models.iter().any(|m| m == model)) {
+            return Err(GatewayError::ModelNotFound(requested.to_string()));
         }
+        return Ok(Target { provider_index: i, provider, model, prefixed: true });
     }
     match snap.provider_for_bare_model(requested) {
         Some(i) => Ok(Target { provider_index: i, provider: &snap.providers[i], model: requested, prefixed: false }),

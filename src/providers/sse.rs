@@ -157,8 +157,7 @@ impl SseParser {
                 self.has_data = true;
             }
             b"event" => {
-                self.event =
-                    (!value.is_empty()).then(|| String::from_utf8_lossy(value).into_owned());
+                self.event = (!value.is_empty()).then(|| String::from_utf8_lossy(value).into_owned());
             }
             // `id` and `retry` only matter to reconnecting browsers; unknown fields are ignored by spec.
             _ => {}
@@ -170,10 +169,7 @@ impl SseParser {
         self.dropping_event = false;
         // Per spec an event without any data line is not dispatched.
         if std::mem::take(&mut self.has_data) {
-            out.push(SseEvent {
-                event,
-                data: std::mem::take(&mut self.data),
-            });
+            out.push(SseEvent { event, data: std::mem::take(&mut self.data) });
         }
     }
 }
@@ -191,10 +187,7 @@ struct OpenAiUsage {
 
 impl From<OpenAiUsage> for Usage {
     fn from(u: OpenAiUsage) -> Self {
-        Usage {
-            prompt_tokens: u.prompt_tokens.unwrap_or(0),
-            completion_tokens: u.completion_tokens.unwrap_or(0),
-        }
+        Usage { prompt_tokens: u.prompt_tokens.unwrap_or(0), completion_tokens: u.completion_tokens.unwrap_or(0) }
     }
 }
 
@@ -238,10 +231,7 @@ mod tests {
     use super::*;
 
     fn ev(event: Option<&str>, data: &str) -> SseEvent {
-        SseEvent {
-            event: event.map(str::to_owned),
-            data: data.to_owned(),
-        }
+        SseEvent { event: event.map(str::to_owned), data: data.to_owned() }
     }
 
     fn parse_all(input: &[u8]) -> Vec<SseEvent> {
@@ -277,10 +267,7 @@ mod tests {
 
     #[test]
     fn multiple_data_lines_join_with_newline() {
-        assert_eq!(
-            parse_all(b"data: one\ndata: two\ndata:\ndata: three\n\n"),
-            vec![ev(None, "one\ntwo\n\nthree")]
-        );
+        assert_eq!(parse_all(b"data: one\ndata: two\ndata:\ndata: three\n\n"), vec![ev(None, "one\ntwo\n\nthree")]);
     }
 
     #[test]
@@ -293,10 +280,7 @@ mod tests {
 
     #[test]
     fn comment_lines_are_ignored() {
-        assert_eq!(
-            parse_all(b": keep-alive\ndata: a\n: mid-event comment\ndata: b\n\n:\n\n"),
-            vec![ev(None, "a\nb")]
-        );
+        assert_eq!(parse_all(b": keep-alive\ndata: a\n: mid-event comment\ndata: b\n\n:\n\n"), vec![ev(None, "a\nb")]);
     }
 
     #[test]
@@ -309,10 +293,7 @@ mod tests {
 
     #[test]
     fn colons_inside_the_value_are_kept() {
-        assert_eq!(
-            parse_all(b"data: {\"a\":\"b:c\"}\n\n"),
-            vec![ev(None, "{\"a\":\"b:c\"}")]
-        );
+        assert_eq!(parse_all(b"data: {\"a\":\"b:c\"}\n\n"), vec![ev(None, "{\"a\":\"b:c\"}")]);
     }
 
     #[test]
@@ -327,31 +308,16 @@ mod tests {
 
     #[test]
     fn unknown_fields_id_and_retry_are_ignored() {
-        assert_eq!(
-            parse_all(b"id: 7\nretry: 100\nfoo: bar\ndata: x\n\n"),
-            vec![ev(None, "x")]
-        );
+        assert_eq!(parse_all(b"id: 7\nretry: 100\nfoo: bar\ndata: x\n\n"), vec![ev(None, "x")]);
     }
 
     #[test]
     fn crlf_cr_and_lf_line_endings_are_equivalent() {
         let expected = vec![ev(Some("e"), "a\nb"), ev(None, "c")];
-        assert_eq!(
-            parse_all(b"event: e\ndata: a\ndata: b\n\ndata: c\n\n"),
-            expected
-        );
-        assert_eq!(
-            parse_all(b"event: e\r\ndata: a\r\ndata: b\r\n\r\ndata: c\r\n\r\n"),
-            expected
-        );
-        assert_eq!(
-            parse_all(b"event: e\rdata: a\rdata: b\r\rdata: c\r\r"),
-            expected
-        );
-        assert_eq!(
-            parse_all(b"event: e\r\ndata: a\rdata: b\n\r\ndata: c\r\r\n"),
-            expected
-        );
+        assert_eq!(parse_all(b"event: e\ndata: a\ndata: b\n\ndata: c\n\n"), expected);
+        assert_eq!(parse_all(b"event: e\r\ndata: a\r\ndata: b\r\n\r\ndata: c\r\n\r\n"), expected);
+        assert_eq!(parse_all(b"event: e\rdata: a\rdata: b\r\rdata: c\r\r"), expected);
+        assert_eq!(parse_all(b"event: e\r\ndata: a\rdata: b\n\r\ndata: c\r\r\n"), expected);
     }
 
     #[test]
@@ -378,10 +344,7 @@ mod tests {
         let e_acute = input.iter().position(|&b| b == 0xC3).unwrap_or(0);
         let mut p = SseParser::new();
         assert!(p.push(&input[..e_acute + 1]).is_empty());
-        assert_eq!(
-            p.push(&input[e_acute + 1..]),
-            vec![ev(None, "héllo wörld ✓")]
-        );
+        assert_eq!(p.push(&input[e_acute + 1..]), vec![ev(None, "héllo wörld ✓")]);
         assert_eq!(parse_bytewise(input), vec![ev(None, "héllo wörld ✓")]);
     }
 
@@ -414,10 +377,7 @@ mod tests {
 
     #[test]
     fn leading_byte_order_mark_is_stripped() {
-        assert_eq!(
-            parse_bytewise(b"\xEF\xBB\xBFdata: a\n\n"),
-            vec![ev(None, "a")]
-        );
+        assert_eq!(parse_bytewise(b"\xEF\xBB\xBFdata: a\n\n"), vec![ev(None, "a")]);
     }
 
     #[test]
@@ -451,9 +411,7 @@ mod tests {
     #[test]
     fn oversized_event_is_dropped_and_next_event_parses() {
         let line = format!("data: {}\n", "y".repeat(MAX_LINE_BYTES - 100));
-        let mut input = line
-            .repeat(MAX_EVENT_BYTES / MAX_LINE_BYTES + 1)
-            .into_bytes();
+        let mut input = line.repeat(MAX_EVENT_BYTES / MAX_LINE_BYTES + 1).into_bytes();
         input.extend_from_slice(b"\ndata: after\n\n");
         assert_eq!(parse_all(&input), vec![ev(None, "after")]);
     }
@@ -461,81 +419,46 @@ mod tests {
     #[test]
     fn chunk_usage_is_read_when_present() {
         let data = r#"{"id":"c","object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":34,"total_tokens":46}}"#;
-        assert_eq!(
-            openai_chunk_usage(data),
-            Some(Usage {
-                prompt_tokens: 12,
-                completion_tokens: 34
-            })
-        );
+        assert_eq!(openai_chunk_usage(data), Some(Usage { prompt_tokens: 12, completion_tokens: 34 }));
     }
 
     #[test]
     fn chunk_with_null_or_missing_usage_has_none() {
-        assert_eq!(
-            openai_chunk_usage(r#"{"choices":[{"delta":{"content":"hi"}}],"usage":null}"#),
-            None
-        );
-        assert_eq!(
-            openai_chunk_usage(r#"{"choices":[{"delta":{"content":"hi"}}],"usage" : null}"#),
-            None
-        );
-        assert_eq!(
-            openai_chunk_usage(r#"{"choices":[{"delta":{"content":"hi"}}]}"#),
-            None
-        );
+        assert_eq!(openai_chunk_usage(r#"{"choices":[{"delta":{"content":"hi"}}],"usage":null}"#), None);
+        assert_eq!(openai_chunk_usage(r#"{"choices":[{"delta":{"content":"hi"}}],"usage" : null}"#), None);
+        assert_eq!(openai_chunk_usage(r#"{"choices":[{"delta":{"content":"hi"}}]}"#), None);
         assert_eq!(openai_chunk_usage("[DONE]"), None);
     }
 
     #[test]
     fn usage_word_inside_content_is_not_mistaken_for_usage() {
         assert_eq!(
-            openai_chunk_usage(
-                r#"{"choices":[{"delta":{"content":"\"usage\": {\"prompt_tokens\": 1}"}}]}"#
-            ),
+            openai_chunk_usage(r#"{"choices":[{"delta":{"content":"\"usage\": {\"prompt_tokens\": 1}"}}]}"#),
             None
         );
     }
 
     #[test]
     fn nested_usage_key_is_not_top_level_usage() {
-        assert_eq!(
-            openai_chunk_usage(r#"{"meta":{"usage":{"prompt_tokens":5}},"usage":null}"#),
-            None
-        );
+        assert_eq!(openai_chunk_usage(r#"{"meta":{"usage":{"prompt_tokens":5}},"usage":null}"#), None);
     }
 
     #[test]
     fn malformed_json_yields_no_usage() {
         assert_eq!(openai_chunk_usage(r#"{"usage":{"prompt_tokens":1"#), None);
-        assert_eq!(
-            openai_chunk_usage(r#"{"usage":{"prompt_tokens":"many"}}"#),
-            None
-        );
+        assert_eq!(openai_chunk_usage(r#"{"usage":{"prompt_tokens":"many"}}"#), None);
     }
 
     #[test]
     fn chat_body_usage_is_read() {
         let body = br#"{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":1,"total_tokens":10,"prompt_tokens_details":{"cached_tokens":0}}}"#;
-        assert_eq!(
-            openai_body_usage(body),
-            Some(Usage {
-                prompt_tokens: 9,
-                completion_tokens: 1
-            })
-        );
+        assert_eq!(openai_body_usage(body), Some(Usage { prompt_tokens: 9, completion_tokens: 1 }));
     }
 
     #[test]
     fn embeddings_body_usage_has_zero_completion_tokens() {
         let body = br#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1,0.2]}],"model":"m","usage":{"prompt_tokens":8,"total_tokens":8}}"#;
-        assert_eq!(
-            openai_body_usage(body),
-            Some(Usage {
-                prompt_tokens: 8,
-                completion_tokens: 0
-            })
-        );
+        assert_eq!(openai_body_usage(body), Some(Usage { prompt_tokens: 8, completion_tokens: 0 }));
     }
 
     #[test]

@@ -75,7 +75,10 @@ async fn anthropic_requests_are_translated_both_ways() {
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
     // The mock echoes what it received: system moved to the top level, max_tokens from the pricing table.
-    assert_eq!(v["choices"][0]["message"]["content"], "mock reply to: hello claude | system=be brief | max_tokens=8192");
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        "mock reply to: hello claude | system=be brief | max_tokens=8192"
+    );
     assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
     assert_eq!(
         v["usage"]["total_tokens"].as_u64().unwrap(),
@@ -123,10 +126,22 @@ async fn models_lists_only_what_the_key_may_use() {
         v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_string()).collect()
     };
     let all = ids(client().get(gw.url("/v1/models")).bearer_auth(KEY).send().await.unwrap().json().await.unwrap());
-    assert!(all.contains(&"gpt-4o-mini".to_string()) && all.contains(&"claude-3-5-sonnet-20241022".to_string()), "{all:?}");
-    let mini = ids(client().get(gw.url("/v1/models")).bearer_auth("vk-mini-key").send().await.unwrap().json().await.unwrap());
+    assert!(
+        all.contains(&"gpt-4o-mini".to_string()) && all.contains(&"claude-3-5-sonnet-20241022".to_string()),
+        "{all:?}"
+    );
+    let mini =
+        ids(client().get(gw.url("/v1/models")).bearer_auth("vk-mini-key").send().await.unwrap().json().await.unwrap());
     assert_eq!(mini, vec!["gpt-4o-mini".to_string()]);
-    let openai = ids(client().get(gw.url("/v1/models")).bearer_auth("vk-openai-key").send().await.unwrap().json().await.unwrap());
+    let openai = ids(client()
+        .get(gw.url("/v1/models"))
+        .bearer_auth("vk-openai-key")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap());
     assert!(!openai.iter().any(|m| m.starts_with("claude")), "{openai:?}");
     let resp = client().get(gw.url("/v1/models")).send().await.unwrap();
     expect_error(resp, 401, "authentication_required").await;
@@ -138,7 +153,13 @@ async fn keep_alive_connections_are_reused_upstream() {
     let gw = gateway(&config(&mock.addr, ""));
     let c = client();
     for _ in 0..30 {
-        let r = c.post(gw.url("/v1/chat/completions")).bearer_auth(KEY).json(&chat_body("gpt-4o-mini", "hi")).send().await.unwrap();
+        let r = c
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(KEY)
+            .json(&chat_body("gpt-4o-mini", "hi"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         r.bytes().await.unwrap();
     }

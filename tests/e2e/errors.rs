@@ -14,9 +14,12 @@ async fn every_client_error_has_its_status_and_type() {
     assert!(msg.contains("model"), "{msg}");
 
     expect_error(post(&chat, None, &chat_body("gpt-4o-mini", "x")).await, 401, "authentication_required").await;
-    expect_error(post(&chat, Some("vk-nobody"), &chat_body("gpt-4o-mini", "x")).await, 403, "virtual_key_not_found").await;
-    expect_error(post(&chat, Some("vk-off-key"), &chat_body("gpt-4o-mini", "x")).await, 403, "virtual_key_blocked").await;
-    let msg = expect_error(post(&chat, Some("vk-mini-key"), &chat_body("gpt-4o", "x")).await, 403, "model_blocked").await;
+    expect_error(post(&chat, Some("vk-nobody"), &chat_body("gpt-4o-mini", "x")).await, 403, "virtual_key_not_found")
+        .await;
+    expect_error(post(&chat, Some("vk-off-key"), &chat_body("gpt-4o-mini", "x")).await, 403, "virtual_key_blocked")
+        .await;
+    let msg =
+        expect_error(post(&chat, Some("vk-mini-key"), &chat_body("gpt-4o", "x")).await, 403, "model_blocked").await;
     assert!(msg.contains("vk-mini-only"), "{msg}");
     let msg = expect_error(
         post(&chat, Some("vk-openai-key"), &chat_body("claude-3-5-sonnet-20241022", "x")).await,
@@ -89,7 +92,12 @@ async fn an_unreachable_provider_is_a_502() {
         "[[providers]]\nname = \"dead\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:{port}/v1\"\nmodels = [\"dead-model\"]\nkeys = [{{ value = \"k\" }}]\nmax_retries = 1\nretry_backoff = \"5ms\"\n"
     );
     let gw = gateway(&config(&mock.addr, &extra));
-    let msg = expect_error(post(&gw.url("/v1/chat/completions"), Some(KEY), &chat_body("dead-model", "x")).await, 502, "upstream_error").await;
+    let msg = expect_error(
+        post(&gw.url("/v1/chat/completions"), Some(KEY), &chat_body("dead-model", "x")).await,
+        502,
+        "upstream_error",
+    )
+    .await;
     assert!(msg.contains("unreachable"), "{msg}");
     assert_eq!(gw.metric("heimdall_upstream_errors_total{kind=\"connect\"}").await, 2.0);
 }

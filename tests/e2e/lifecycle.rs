@@ -45,7 +45,10 @@ fn check_names_file_line_and_reason_of_a_bad_config() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:8080\"\nworkers = \"two\"\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_heimdall")).args(["check", "--config", path.to_str().unwrap()]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_heimdall"))
+        .args(["check", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml:3:") && err.contains("invalid type"), "{err}");
@@ -60,7 +63,10 @@ fn serve_refuses_to_start_on_a_bad_config() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "[[providers]]\nname = \"x\"\nkind = \"grpc\"\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_heimdall")).args(["serve", "--config", path.to_str().unwrap()]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_heimdall"))
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml:3:") && err.contains("grpc"), "{err}");
@@ -86,7 +92,8 @@ async fn metrics_count_requests_by_route_and_status() {
 #[tokio::test]
 async fn a_tiny_ring_spills_but_loses_no_record() {
     let (mock, _d) = mock(&[]);
-    let cfg = config(&mock.addr, "").replace("[server]", "[audit]\nring_capacity = 1\nflush_interval = \"2s\"\n\n[server]");
+    let cfg =
+        config(&mock.addr, "").replace("[server]", "[audit]\nring_capacity = 1\nflush_interval = \"2s\"\n\n[server]");
     let gw = gateway(&cfg);
     let url = gw.url("/v1/chat/completions");
     for _ in 0..20 {

@@ -1,5 +1,8 @@
 //! End-to-end tests: the real gateway binary against the real mock upstream, over loopback HTTP.
 
+// Test code: a failed unwrap is a failed test, which is what it should be.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod harness;
 
 mod chat;

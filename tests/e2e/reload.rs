@@ -22,7 +22,8 @@ async fn an_edited_config_file_adds_a_key_within_a_second() {
     let base = config(&mock.addr, "");
     let gw = gateway(&base);
     let url = gw.url("/v1/chat/completions");
-    expect_error(post(&url, Some("vk-new-key"), &chat_body("gpt-4o-mini", "x")).await, 403, "virtual_key_not_found").await;
+    expect_error(post(&url, Some("vk-new-key"), &chat_body("gpt-4o-mini", "x")).await, 403, "virtual_key_not_found")
+        .await;
     gw.rewrite_config(&format!("{base}{NEW_KEY}"));
     let took = wait_for_status(&url, "vk-new-key", 200, Duration::from_secs(1)).await;
     eprintln!("new key usable after {took:?}");
@@ -39,17 +40,23 @@ async fn a_broken_config_is_refused_and_the_old_one_keeps_serving() {
     let base = config(&mock.addr, "");
     let gw = gateway(&base);
     let url = gw.url("/v1/chat/completions");
-    gw.rewrite_config(&format!("{base}\n[[governance.virtual_keys]]\nid = \"vk-new\"\nvalue = \"vk-new-key\"\nusr = \"typo\"\n"));
+    gw.rewrite_config(&format!(
+        "{base}\n[[governance.virtual_keys]]\nid = \"vk-new\"\nvalue = \"vk-new-key\"\nusr = \"typo\"\n"
+    ));
     let deadline = Instant::now() + Duration::from_secs(3);
     while gw.metric("heimdall_config_reload_failures_total").await < 1.0 {
         assert!(Instant::now() < deadline, "the broken file was not noticed");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert_eq!(post(&url, Some(KEY), &chat_body("gpt-4o-mini", "x")).await.status(), 200);
-    expect_error(post(&url, Some("vk-new-key"), &chat_body("gpt-4o-mini", "x")).await, 403, "virtual_key_not_found").await;
+    expect_error(post(&url, Some("vk-new-key"), &chat_body("gpt-4o-mini", "x")).await, 403, "virtual_key_not_found")
+        .await;
     let log = gw.proc.stderr();
     let line = base.lines().count() + 5;
-    assert!(log.contains(&format!("heimdall.toml:{line}: unknown field `usr`")), "log does not name file, line and reason:\n{log}");
+    assert!(
+        log.contains(&format!("heimdall.toml:{line}: unknown field `usr`")),
+        "log does not name file, line and reason:\n{log}"
+    );
     // A later good edit is picked up: refusing one file does not stop the watcher.
     gw.rewrite_config(&format!("{base}{NEW_KEY}"));
     wait_for_status(&url, "vk-new-key", 200, Duration::from_secs(1)).await;

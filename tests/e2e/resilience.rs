@@ -3,7 +3,10 @@ use crate::harness::*;
 #[tokio::test]
 async fn a_refused_key_is_retried_on_another_key() {
     let (mock, _d) = mock(&[]);
-    let cfg = config(&mock.addr, "").replace(r#"keys = [{ value = "sk-good" }]"#, r#"keys = [{ value = "bad-key", weight = 100.0 }, { value = "sk-good", weight = 0.01 }]"#);
+    let cfg = config(&mock.addr, "").replace(
+        r#"keys = [{ value = "sk-good" }]"#,
+        r#"keys = [{ value = "bad-key", weight = 100.0 }, { value = "sk-good", weight = 0.01 }]"#,
+    );
     let gw = gateway(&cfg);
     for _ in 0..5 {
         let r = post(&gw.url("/v1/chat/completions"), Some(KEY), &chat_body("gpt-4o-mini", "x")).await;
@@ -17,7 +20,10 @@ async fn a_refused_key_is_retried_on_another_key() {
 #[tokio::test]
 async fn a_rate_limited_key_is_retried_on_another_key() {
     let (mock, _d) = mock(&[]);
-    let cfg = config(&mock.addr, "").replace(r#"keys = [{ value = "sk-good" }]"#, r#"keys = [{ value = "limited-key", weight = 100.0 }, { value = "sk-good", weight = 0.01 }]"#);
+    let cfg = config(&mock.addr, "").replace(
+        r#"keys = [{ value = "sk-good" }]"#,
+        r#"keys = [{ value = "limited-key", weight = 100.0 }, { value = "sk-good", weight = 0.01 }]"#,
+    );
     let gw = gateway(&cfg);
     let r = post(&gw.url("/v1/chat/completions"), Some(KEY), &chat_body("gpt-4o-mini", "x")).await;
     assert_eq!(r.status(), 200);

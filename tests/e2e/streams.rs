@@ -76,14 +76,18 @@ async fn anthropic_streams_are_translated_to_openai_chunks() {
     assert!(spread >= Duration::from_millis(250), "translated stream was buffered: {pieces:?}");
     let data = sse_data(&all);
     assert_eq!(data.last().unwrap(), "[DONE]");
-    let chunks: Vec<serde_json::Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    let chunks: Vec<serde_json::Value> =
+        data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
     assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
     assert!(text.starts_with("mock reply to: tell me a story | system= | max_tokens=8192"), "{text}");
     assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "stop"));
     let usage = &chunks.last().unwrap()["usage"];
-    assert!(usage["prompt_tokens"].as_u64().unwrap() > 0 && usage["completion_tokens"].as_u64().unwrap() > 0, "{usage}");
+    assert!(
+        usage["prompt_tokens"].as_u64().unwrap() > 0 && usage["completion_tokens"].as_u64().unwrap() > 0,
+        "{usage}"
+    );
 }
 
 #[tokio::test]
