@@ -1,1 +1,99 @@
-fn main() {}
+//! Criterion benches of the per-request hot path: credential lookup, body peek, model resolution,
+//! allow-list check and the body rewrite. `cargo bench --bench hot_path`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::hint::black_box;
+use std::path::Path;
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use heimdall::providers::{openai, route};
+use heimdall::{auth, config, governance::access, snapshot::Snapshot};
+use http::{HeaderMap, HeaderValue};
+
+fn snapshot(keys: usize) -> Snapshot {
+    let mut text = String::from(
+        r#"
+[[providers]]
+name = "openai"
+kind = "openai"
+base_url = "http://127.0.0.1:9000/v1"
+models = ["gpt-4o-mini", "gpt-4o", "gpt-4.1", "o3-mini", "text-embedding-3-small"]
+keys = [{ value = "sk" }]
+
+[[providers]]
+name = "anthropic"
+kind = "anthropic"
+base_url = "http://127.0.0.1:9000"
+models = ["claude-3-5-sonnet-20241022"]
+keys = [{ value = "sk" }]
+"#,
+    );
+    for i in 0..keys {
+        text.push_str(&format!(
+            "[[governance.virtual_keys]]\nid = \"vk-{i}\"\nvalue = \"vk-value-{i}\"\nallowed_models = [\"gpt-4o-mini\", \"openai/*\"]\n"
+        ));
+    }
+    Snapshot::build(&config::parse(Path::new("bench.toml"), &text).unwrap(), 1).unwrap()
+}
+
+/// A realistic small chat body (~1.5 KB, four messages), with `model` after the messages.
+fn small_body() -> Bytes {
+    let msg = "You are a helpful assistant. Answer briefly and precisely, citing sources where possible. ".repeat(4);
+    let body = serde_json::json!({
+        "messages": [
+            { "role": "system", "content": msg },
+            { "role": "user", "content": "What is the capital of France?" },
+            { "role": "assistant", "content": "Paris." },
+            { "role": "user", "content": msg },
+        ],
+        "model": "gpt-4o-mini",
+        "temperature": 0.2,
+        "max_tokens": 256,
+    });
+    Bytes::from(serde_json::to_vec(&body).unwrap())
+}
+
+fn benches(c: &mut Criterion) {
+    let snap = snapshot(10_000);
+    let mut headers = HeaderMap::new();
+    headers.insert("authorization", HeaderValue::from_static("Bearer vk-value-4242"));
+
+    c.bench_function("authenticate (bearer header, sha-256, 10k keys)", |b| {
+        b.iter(|| auth::authenticate(black_box(&snap), black_box(&headers)).unwrap().virtual_key().map(|k| k.id.len()))
+    });
+
+    let body = small_body();
+    c.bench_function("peek chat body (1.5 KB)", |b| b.iter(|| openai::peek(black_box(&body)).unwrap().max_tokens));
+
+    c.bench_function("resolve bare model", |b| b.iter(|| route::resolve(&snap, black_box("gpt-4o-mini")).unwrap().provider_index));
+    c.bench_function("resolve provider/model", |b| {
+        b.iter(|| route::resolve(&snap, black_box("anthropic/claude-3-5-sonnet-20241022")).unwrap().provider_index)
+    });
+
+    let principal = auth::authenticate(&snap, &headers).unwrap();
+    let target = route::resolve(&snap, "gpt-4o").unwrap();
+    c.bench_function("authorize (allow-list with provider/*)", |b| {
+        b.iter(|| access::authorize(black_box(&principal), black_box(&target)).is_ok())
+    });
+
+    let peek = openai::peek(&body).unwrap();
+    c.bench_function("prepare body, nothing to rewrite", |b| b.iter(|| openai::prepare(&body, &peek, "gpt-4o-mini").unwrap().len()));
+    c.bench_function("prepare body, provider prefix rewritten", |b| {
+        b.iter(|| openai::prepare(&body, &peek, black_box("gpt-4o")).unwrap().len())
+    });
+
+    c.bench_function("whole hot path: authenticate + peek + resolve + authorize", |b| {
+        b.iter(|| {
+            let p = auth::authenticate(&snap, black_box(&headers)).unwrap();
+            let peek = openai::peek(black_box(&body)).unwrap();
+            let t = route::resolve(&snap, &peek.model).unwrap();
+            access::authorize(&p, &t).unwrap();
+            openai::prepare(&body, &peek, t.model).unwrap().len()
+        })
+    });
+}
+
+criterion_group!(hot_path, benches);
+criterion_main!(hot_path);
