@@ -67,7 +67,9 @@ fn benches(c: &mut Criterion) {
     let body = small_body();
     c.bench_function("peek chat body (1.5 KB)", |b| b.iter(|| openai::peek(black_box(&body)).unwrap().max_tokens));
 
-    c.bench_function("resolve bare model", |b| b.iter(|| route::resolve(&snap, black_box("gpt-4o-mini")).unwrap().provider_index));
+    c.bench_function("resolve bare model", |b| {
+        b.iter(|| route::resolve(&snap, black_box("gpt-4o-mini")).unwrap().provider_index)
+    });
     c.bench_function("resolve provider/model", |b| {
         b.iter(|| route::resolve(&snap, black_box("anthropic/claude-3-5-sonnet-20241022")).unwrap().provider_index)
     });
@@ -79,7 +81,9 @@ fn benches(c: &mut Criterion) {
     });
 
     let peek = openai::peek(&body).unwrap();
-    c.bench_function("prepare body, nothing to rewrite", |b| b.iter(|| openai::prepare(&body, &peek, "gpt-4o-mini").unwrap().len()));
+    c.bench_function("prepare body, nothing to rewrite", |b| {
+        b.iter(|| openai::prepare(&body, &peek, "gpt-4o-mini").unwrap().len())
+    });
     c.bench_function("prepare body, provider prefix rewritten", |b| {
         b.iter(|| openai::prepare(&body, &peek, black_box("gpt-4o")).unwrap().len())
     });

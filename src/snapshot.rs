@@ -66,6 +66,8 @@ pub struct Origin {
     pub authority: HeaderValue,
     /// Resolved by the control plane when the snapshot was built (the data plane never blocks on DNS).
     pub addrs: Vec<SocketAddr>,
+    /// For `https` origins: the roots this provider is verified against.
+    pub tls_config: Option<Arc<rustls::ClientConfig>>,
 }
 
 #[derive(Debug)]
@@ -144,7 +146,12 @@ impl Snapshot {
         let mut bare_models = FxHashMap::default();
         for (i, p) in c.providers.iter().enumerate() {
             let uri: http::Uri = p.base_url.parse().map_err(|e| BuildError(format!("provider {}: {e}", p.name)))?;
-            let origin = Origin::from_uri(&uri).map_err(|e| BuildError(format!("provider {}: {e}", p.name)))?;
+            let mut origin = Origin::from_uri(&uri).map_err(|e| BuildError(format!("provider {}: {e}", p.name)))?;
+            if origin.tls {
+                let cfg = tls_client_config(p.tls_ca_file.as_deref())
+                    .map_err(|e| BuildError(format!("provider {}: {e}", p.name)))?;
+                origin.tls_config = Some(cfg);
+            }
             let base_path = uri.path().trim_end_matches('/').to_string();
             let (chat_path, embeddings_path) = match p.kind {
                 ProviderKind::Openai => {
@@ -300,6 +307,29 @@ impl Origin {
             port,
             authority,
             addrs,
+            tls_config: None,
         })
     }
+}
+
+/// The rustls client config for one provider: the Mozilla roots shipped in the binary, plus the
+/// certificates of `ca_file` when the provider sits behind a private CA.
+fn tls_client_config(ca_file: Option<&str>) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        let certs = CertificateDer::pem_file_iter(path).map_err(|e| format!("cannot read tls_ca_file {path}: {e}"))?;
+        let mut added = 0;
+        for cert in certs {
+            let cert = cert.map_err(|e| format!("bad certificate in {path}: {e}"))?;
+            roots.add(cert).map_err(|e| format!("unusable certificate in {path}: {e}"))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(format!("no certificate in tls_ca_file {path}"));
+        }
+    }
+    let mut cfg = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
 }

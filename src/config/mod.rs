@@ -145,6 +145,8 @@ pub struct ProviderConfig {
     /// Idle keep-alive connections kept per core for this provider.
     #[serde(default = "default_pool_idle")]
     pub pool_max_idle: usize,
+    /// PEM file of extra root certificates for an `https` provider behind a private CA.
+    pub tls_ca_file: Option<String>,
 }
 
 fn default_timeout() -> Duration {

@@ -79,6 +79,14 @@ fn providers(c: &FileConfig) -> Result<(), Violation> {
         if p.timeout.is_zero() || p.connect_timeout.is_zero() || p.stream_idle_timeout.is_zero() {
             return fail(path!["providers", i], "timeouts must be greater than zero");
         }
+        if let Some(ca) = &p.tls_ca_file {
+            if !p.base_url.starts_with("https://") {
+                return fail(path!["providers", i, "tls_ca_file"], "only an https base_url uses a CA file");
+            }
+            if let Err(e) = std::fs::metadata(ca) {
+                return fail(path!["providers", i, "tls_ca_file"], format!("cannot read {ca}: {e}"));
+            }
+        }
         if p.max_retries > 10 {
             return fail(path!["providers", i, "max_retries"], "at most 10 retries");
         }

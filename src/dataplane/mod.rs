@@ -40,14 +40,13 @@ pub fn start(
     rings: Vec<CoreAuditTx>,
     opts: ServeOptions,
 ) -> anyhow::Result<(SocketAddr, Vec<JoinHandle<()>>)> {
-    let tls = upstream::tls_config();
     let mut addr = opts.listen;
     let mut handles = Vec::with_capacity(rings.len());
     for (id, ring) in rings.into_iter().enumerate() {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
-        let (shared, tls, opts) = (shared.clone(), tls.clone(), ServeOptions { listen: addr, ..opts.clone() });
+        let (shared, opts) = (shared.clone(), ServeOptions { listen: addr, ..opts.clone() });
         let handle = std::thread::Builder::new().name(format!("heimdall-core-{id}")).spawn(move || {
-            run_core(id, shared, ring, tls, opts, ready_tx);
+            run_core(id, shared, ring, opts, ready_tx);
         })?;
         // Cores after the first bind the port the first one got.
         addr = ready_rx
@@ -63,7 +62,6 @@ fn run_core(
     id: usize,
     shared: Arc<Shared>,
     ring: CoreAuditTx,
-    tls: Arc<rustls::ClientConfig>,
     opts: ServeOptions,
     ready: std::sync::mpsc::Sender<Result<SocketAddr, String>>,
 ) {
@@ -81,7 +79,7 @@ fn run_core(
     };
     tracing::info!(core = id, driver, "data-plane core starting");
     runtime.block_on(async move {
-        let core = Rc::new(CoreCtx::new(id, shared, ring, upstream::Pool::new(tls)));
+        let core = Rc::new(CoreCtx::new(id, shared, ring, upstream::Pool::default()));
         serve(core, opts, ready).await;
     });
 }

@@ -33,9 +33,9 @@ pub enum UpstreamError {
 }
 
 /// Idle connections of one core, by origin.
+#[derive(Default)]
 pub struct Pool {
     idle: RefCell<FxHashMap<Arc<str>, Vec<Sender>>>,
-    tls: tokio_rustls::TlsConnector,
 }
 
 /// A connection lent to one request; given back with [`Pool::give_back`] once its response is read.
@@ -46,10 +46,6 @@ pub struct Lease {
 }
 
 impl Pool {
-    pub fn new(tls: Arc<rustls::ClientConfig>) -> Self {
-        Self { idle: RefCell::new(FxHashMap::default()), tls: tls.into() }
-    }
-
     fn take_idle(&self, origin: &Arc<str>) -> Option<Sender> {
         self.idle.borrow_mut().get_mut(origin).and_then(Vec::pop)
     }
@@ -103,13 +99,16 @@ impl Pool {
                 Ok(Ok(s)) => {
                     let _ = s.set_nodelay(true);
                     let io = s.into_poll_io().map_err(|source| UpstreamError::Connect { origin: name(), source })?;
-                    return if origin.tls {
+                    return if let Some(tls) = &origin.tls_config {
                         let server_name = rustls::pki_types::ServerName::try_from(origin.host.clone())
                             .map_err(|e| UpstreamError::Tls { origin: name(), source: std::io::Error::other(e) })?;
-                        let tls = monoio::time::timeout(timeout, self.tls.connect(server_name, io))
-                            .await
-                            .map_err(|_| UpstreamError::ConnectTimeout(name()))?
-                            .map_err(|source| UpstreamError::Tls { origin: name(), source })?;
+                        let tls = monoio::time::timeout(
+                            timeout,
+                            tokio_rustls::TlsConnector::from(tls.clone()).connect(server_name, io),
+                        )
+                        .await
+                        .map_err(|_| UpstreamError::ConnectTimeout(name()))?
+                        .map_err(|source| UpstreamError::Tls { origin: name(), source })?;
                         handshake(TokioIo::new(tls), origin).await
                     } else {
                         handshake(TokioIo::new(io), origin).await
@@ -135,12 +134,4 @@ where
         let _ = conn.await;
     });
     Ok(sender)
-}
-
-/// Root certificates for HTTPS providers: the Mozilla set shipped in the binary.
-pub fn tls_config() -> Arc<rustls::ClientConfig> {
-    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let mut cfg = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(cfg)
 }

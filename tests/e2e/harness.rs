@@ -15,12 +15,13 @@ pub struct Proc {
 
 impl Proc {
     /// Starts `bin` and waits for its "listening on http://ADDR" line on stdout.
-    fn start(bin: &str, args: &[&str], log_name: &str, dir: &std::path::Path) -> Proc {
+    fn start(bin: &str, args: &[&str], envs: &[(&str, &str)], log_name: &str, dir: &std::path::Path) -> Proc {
         let stderr_log = dir.join(format!("{log_name}.stderr"));
         let err = std::fs::File::create(&stderr_log).unwrap();
         let mut child = Command::new(bin)
             .args(args)
             .env("RUST_LOG", "info,heimdall=debug")
+            .envs(envs.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(err))
             .spawn()
@@ -83,7 +84,7 @@ pub fn mock(args: &[&str]) -> (Proc, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut all = vec!["--listen", "127.0.0.1:0", "--workers", "2"];
     all.extend_from_slice(args);
-    let p = Proc::start(env!("CARGO_BIN_EXE_mock-upstream"), &all, "mock", dir.path());
+    let p = Proc::start(env!("CARGO_BIN_EXE_mock-upstream"), &all, &[], "mock", dir.path());
     (p, dir)
 }
 
@@ -115,12 +116,17 @@ impl Gateway {
 }
 
 pub fn gateway(config: &str) -> Gateway {
+    gateway_with_env(config, &[])
+}
+
+pub fn gateway_with_env(config: &str, envs: &[(&str, &str)]) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("heimdall.toml");
     std::fs::write(&config_path, config).unwrap();
     let proc = Proc::start(
         env!("CARGO_BIN_EXE_heimdall"),
         &["serve", "--config", config_path.to_str().unwrap()],
+        envs,
         "heimdall",
         dir.path(),
     );

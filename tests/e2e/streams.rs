@@ -150,3 +150,22 @@ async fn a_stalled_provider_stream_ends_with_an_error_event() {
     let v: serde_json::Value = serde_json::from_str(&last).unwrap();
     assert_eq!(v["error"]["type"], "upstream_timeout", "{all}");
 }
+
+/// Containers often forbid io_uring; the legacy epoll driver must serve the same traffic.
+#[tokio::test]
+async fn the_legacy_epoll_driver_serves_streams_too() {
+    let (mock, _d) = mock(&["--stream-chunks", "3", "--chunk-delay-ms", "20"]);
+    let gw = gateway_with_env(&config(&mock.addr, ""), &[("MONOIO_FORCE_LEGACY_DRIVER", "1")]);
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let url = gw.url("/v1/chat/completions");
+            tokio::spawn(async move {
+                post(&url, Some(KEY), &stream_body("gpt-4o-mini", false)).await.text().await.unwrap()
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert!(t.await.unwrap().ends_with("data: [DONE]\n\n"));
+    }
+    assert!(gw.proc.stderr().contains("legacy (epoll)"), "{}", gw.proc.stderr());
+}
