@@ -91,11 +91,11 @@ fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let control = control::start(control::ControlParts {
         shared: shared.clone(),
         config_path: config_path.clone(),
-        config_hash: loaded.content_hash,
         shutdown: shutdown_tx,
         requests: control_rx,
         rings: ring_rx,
         flush_interval: loaded.config.audit.flush_interval,
+        config: loaded.clone(),
         cores_stopped: cores_stopped_rx,
     })?;
     let opts = dataplane::ServeOptions {

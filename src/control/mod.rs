@@ -21,7 +21,8 @@ use crate::state::Shared;
 pub struct ControlParts {
     pub shared: Arc<Shared>,
     pub config_path: PathBuf,
-    pub config_hash: [u8; 32],
+    /// The config the first snapshot was built from.
+    pub config: crate::config::LoadedConfig,
     pub shutdown: watch::Sender<bool>,
     pub requests: mpsc::UnboundedReceiver<ControlRequest>,
     pub rings: Vec<CoreAuditRx>,
@@ -46,7 +47,7 @@ pub fn start(parts: ControlParts) -> anyhow::Result<JoinHandle<anyhow::Result<()
 }
 
 async fn run(parts: ControlParts, ready: std::sync::mpsc::Sender<Result<(), String>>) -> anyhow::Result<()> {
-    let ControlParts { shared, config_path, config_hash, shutdown, requests, mut rings, flush_interval, cores_stopped } =
+    let ControlParts { shared, config_path, config, shutdown, requests, mut rings, flush_interval, cores_stopped } =
         parts;
     let signals = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()));
     let (mut term, mut int, hup) = match signals {
@@ -56,7 +57,7 @@ async fn run(parts: ControlParts, ready: std::sync::mpsc::Sender<Result<(), Stri
             anyhow::bail!("cannot install signal handlers");
         }
     };
-    let reloader = reload::Reloader::new(shared.clone(), config_path, config_hash);
+    let reloader = reload::Reloader::new(shared.clone(), config_path, config);
     let watcher = reloader.watch(hup);
     let router = tokio::spawn(router::serve(requests));
     let _ = ready.send(Ok(()));

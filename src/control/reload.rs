@@ -17,15 +17,19 @@ use crate::state::Shared;
 /// Saves within this window count as one (editors write a file in several steps).
 const DEBOUNCE: Duration = Duration::from_millis(150);
 
+/// How often provider host names are resolved again (the data plane never resolves).
+const DNS_REFRESH: Duration = Duration::from_secs(30);
+
 pub(super) struct Reloader {
     shared: Arc<Shared>,
     path: PathBuf,
-    last_hash: [u8; 32],
+    /// The config the serving snapshot was built from.
+    last: Arc<config::LoadedConfig>,
 }
 
 impl Reloader {
-    pub(super) fn new(shared: Arc<Shared>, path: PathBuf, last_hash: [u8; 32]) -> Self {
-        Self { shared, path, last_hash }
+    pub(super) fn new(shared: Arc<Shared>, path: PathBuf, last: config::LoadedConfig) -> Self {
+        Self { shared, path, last: Arc::new(last) }
     }
 
     /// Runs the watcher and the SIGHUP listener until aborted.
@@ -56,10 +60,13 @@ impl Reloader {
                     None
                 }
             };
+            let mut dns = tokio::time::interval(DNS_REFRESH);
+            dns.tick().await;
             loop {
                 tokio::select! {
                     Some(()) = rx.recv() => self.reload(false).await,
                     _ = hup.recv() => self.reload(true).await,
+                    _ = dns.tick() => self.refresh_dns().await,
                 }
             }
         })
@@ -72,16 +79,16 @@ impl Reloader {
         let built = tokio::task::spawn_blocking(move || {
             let loaded = config::load(&path).map_err(|e| e.to_string())?;
             let snapshot = Snapshot::build(&loaded, version).map_err(|e| format!("{}: {e}", path.display()))?;
-            Ok::<_, String>((loaded.content_hash, snapshot))
+            Ok::<_, String>((loaded, snapshot))
         })
         .await
         .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
         match built {
-            Ok((hash, _)) if hash == self.last_hash && !forced => {}
-            Ok((hash, snapshot)) => {
+            Ok((loaded, _)) if loaded.content_hash == self.last.content_hash && !forced => {}
+            Ok((loaded, snapshot)) => {
                 let version = snapshot.version;
                 self.shared.snapshot.store(Arc::new(snapshot));
-                self.last_hash = hash;
+                self.last = Arc::new(loaded);
                 self.shared.metrics.reloads_ok.fetch_add(1, Relaxed);
                 self.shared.metrics.config_version.store(version, Relaxed);
                 tracing::info!(version, "config reloaded");
@@ -90,6 +97,39 @@ impl Reloader {
                 self.shared.metrics.reloads_failed.fetch_add(1, Relaxed);
                 tracing::error!("config rejected, the previous config keeps serving: {reason}");
             }
+        }
+    }
+}
+
+impl Reloader {
+    /// Rebuilds the snapshot from the same config when a provider's addresses changed, so a
+    /// provider that moves (or whose name did not resolve at start) is followed without a reload.
+    async fn refresh_dns(&mut self) {
+        let current = self.shared.snapshot.load_full();
+        let last = self.last.clone();
+        let rebuilt = tokio::task::spawn_blocking(move || {
+            let changed = current.providers.iter().any(|p| {
+                use std::net::ToSocketAddrs;
+                let now: Vec<_> =
+                    (p.origin.host.as_str(), p.origin.port).to_socket_addrs().map(|a| a.collect()).unwrap_or_default();
+                !now.is_empty() && now != p.origin.addrs
+            });
+            if !changed {
+                return None;
+            }
+            Some(Snapshot::build(&last, current.version + 1))
+        })
+        .await;
+        match rebuilt {
+            Ok(Some(Ok(snapshot))) => {
+                let version = snapshot.version;
+                self.shared.snapshot.store(Arc::new(snapshot));
+                self.shared.metrics.config_version.store(version, Relaxed);
+                tracing::info!(version, "provider addresses changed; snapshot rebuilt");
+            }
+            Ok(Some(Err(e))) => tracing::warn!("cannot rebuild the snapshot after a DNS change: {e}"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("DNS refresh task failed: {e}"),
         }
     }
 }
