@@ -17,6 +17,8 @@
 #   OUT [target/loadtest]  where raw outputs go
 #   SKIP_BUILD [0]  1 = use the existing target/release binaries
 #   READY_TIMEOUT [30]  seconds to wait for each server
+#   MOCK_ARGS [""]  extra mock-upstream flags, e.g. "--latency-ms 20"
+#   MOCK_BIN / HEIMDALL_BIN [target/release/…]  binaries to run
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -33,8 +35,9 @@ OUT=${OUT:-$ROOT/target/loadtest}
 SKIP_BUILD=${SKIP_BUILD:-0}
 READY_TIMEOUT=${READY_TIMEOUT:-30}
 
-MOCK_BIN=$ROOT/target/release/mock-upstream
-HEIMDALL_BIN=$ROOT/target/release/heimdall
+MOCK_ARGS=${MOCK_ARGS:-}
+MOCK_BIN=${MOCK_BIN:-$ROOT/target/release/mock-upstream}
+HEIMDALL_BIN=${HEIMDALL_BIN:-$ROOT/target/release/heimdall}
 BODY='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in one short sentence."}]}'
 
 log() { printf '[loadtest] %s\n' "$*" >&2; }
@@ -210,8 +213,9 @@ chmod 755 "$TMP"
 write_wrk_script
 
 # (a) mock upstream
-log "starting mock-upstream on 127.0.0.1:$MOCK_PORT ($WORKERS workers)"
-"$MOCK_BIN" --listen "127.0.0.1:$MOCK_PORT" --workers "$WORKERS" >"$OUT/mock.log" 2>&1 &
+log "starting mock-upstream on 127.0.0.1:$MOCK_PORT ($WORKERS workers) $MOCK_ARGS"
+# shellcheck disable=SC2086 # MOCK_ARGS is a list of flags
+"$MOCK_BIN" --listen "127.0.0.1:$MOCK_PORT" --workers "$WORKERS" $MOCK_ARGS >"$OUT/mock.log" 2>&1 &
 MOCK_PID=$!
 PIDS+=("$MOCK_PID")
 wait_ready mock-upstream "$MOCK_PID" "http://127.0.0.1:$MOCK_PORT/v1/models" ||

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 
 use crate::config::{FileConfig, LoadedConfig, ProviderKind, secret};
 
@@ -77,10 +77,12 @@ pub struct ProviderKey {
     pub weight: f64,
 }
 
+/// An allow-list as written: absent or `"*"` allows everything; a list allows what it names.
+/// Lists are short, so a scan without allocation beats hashing a formatted `provider/model`.
 #[derive(Debug, Clone)]
 pub enum AllowList {
     All,
-    Only(FxHashSet<String>),
+    Only(Vec<String>),
 }
 
 impl AllowList {
@@ -88,7 +90,7 @@ impl AllowList {
         match list {
             None => AllowList::All,
             Some(l) if l.iter().any(|e| e == "*") => AllowList::All,
-            Some(l) => AllowList::Only(l.iter().cloned().collect()),
+            Some(l) => AllowList::Only(l.clone()),
         }
     }
 
@@ -96,18 +98,19 @@ impl AllowList {
     pub fn allows_model(&self, provider: &str, model: &str) -> bool {
         match self {
             AllowList::All => true,
-            AllowList::Only(set) => {
-                set.contains(model)
-                    || set.contains(&format!("{provider}/{model}"))
-                    || set.contains(&format!("{provider}/*"))
-            }
+            AllowList::Only(list) => list.iter().any(|e| {
+                e == model
+                    || e.strip_prefix(provider)
+                        .and_then(|r| r.strip_prefix('/'))
+                        .is_some_and(|m| m == model || m == "*")
+            }),
         }
     }
 
     pub fn allows(&self, name: &str) -> bool {
         match self {
             AllowList::All => true,
-            AllowList::Only(set) => set.contains(name),
+            AllowList::Only(list) => list.iter().any(|e| e == name),
         }
     }
 }
@@ -332,4 +335,22 @@ fn tls_client_config(ca_file: Option<&str>) -> Result<Arc<rustls::ClientConfig>,
     let mut cfg = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AllowList;
+
+    #[test]
+    fn model_lists_match_bare_qualified_and_wildcard_entries() {
+        let l = AllowList::Only(vec!["gpt-4o-mini".into(), "anthropic/*".into(), "openai/o3".into()]);
+        assert!(l.allows_model("openai", "gpt-4o-mini"));
+        assert!(l.allows_model("anthropic", "claude-x"));
+        assert!(l.allows_model("openai", "o3"));
+        assert!(!l.allows_model("openai", "gpt-4o"));
+        assert!(!l.allows_model("other", "o3"));
+        // A provider whose name is a prefix of another's must not borrow its entries.
+        assert!(!AllowList::Only(vec!["openai2/*".into()]).allows_model("openai", "m"));
+        assert!(!AllowList::Only(vec!["openai/*".into()]).allows_model("openai2", "m"));
+    }
 }
