@@ -183,6 +183,16 @@ proc_cpu_ticks() {
     awk '{ print $12 + $13 }' <<<"$stat"
 }
 
+# tree_cpu_ticks PID: proc_cpu_ticks of PID plus its direct children (nginx's master and workers)
+tree_cpu_ticks() {
+    local sum child
+    sum=$(proc_cpu_ticks "$1")
+    for child in $(pgrep -P "$1"); do
+        sum=$((sum + $(proc_cpu_ticks "$child")))
+    done
+    echo "$sum"
+}
+
 # --- main ----------------------------------------------------------------------
 mkdir -p "$OUT"
 rm -f "$OUT"/wrk-*.txt "$OUT"/summary.txt "$OUT"/results.tsv
@@ -317,7 +327,12 @@ fi
 
 # --- runs ----------------------------------------------------------------------
 for c in $CONNS; do bench mock "http://127.0.0.1:$MOCK_PORT" "$c"; done
+NGINX_TICKS=""
+nginx_before=$(tree_cpu_ticks "$NGINX_PID" 2>/dev/null || echo "")
 for c in $CONNS; do bench nginx "http://127.0.0.1:$NGINX_PORT" "$c"; done
+if [ -n "$nginx_before" ] && nginx_after=$(tree_cpu_ticks "$NGINX_PID" 2>/dev/null); then
+    NGINX_TICKS=$((nginx_after - nginx_before))
+fi
 HEIMDALL_TICKS=""
 HEIMDALL_HWM=""
 if [ "$HEIMDALL_STATUS" = ok ]; then
@@ -376,6 +391,12 @@ CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
         }'
     else
         echo "!!! HEIMDALL ROW FAILED: $HEIMDALL_STATUS"
+    fi
+    if [ -n "$NGINX_TICKS" ]; then
+        total=$(awk '$1 == "nginx" { s += $8 } END { print s + 0 }' "$OUT/results.tsv")
+        awk -v t="$NGINX_TICKS" -v n="$total" -v hz="$CLK_TCK" 'BEGIN {
+            if (n > 0) printf "nginx CPU per request:    %.1f us (%d ticks at %d Hz over %d requests)\n", t * 1e6 / hz / n, t, hz, n
+        }'
     fi
     if grep -qv ' ok$' "$OUT/results.tsv" || awk '$9 == "ok" && ($6 > 0 || $7 > 0) { bad = 1 } END { exit !bad }' "$OUT/results.tsv"; then
         echo "!!! SOME RUNS HAD ERRORS OR DID NOT RUN: the numbers above are not a valid comparison."

@@ -38,6 +38,8 @@ pub struct ServerSettings {
 #[derive(Debug)]
 pub struct Provider {
     pub name: Arc<str>,
+    /// `name` ready to be sent as `x-heimdall-provider`.
+    pub name_header: HeaderValue,
     pub kind: ProviderKind,
     pub origin: Origin,
     /// Path of the chat endpoint upstream (`/v1/chat/completions` or `/v1/messages`).
@@ -179,8 +181,11 @@ impl Snapshot {
                 bare_models.entry(m.as_str().into()).or_insert(i);
             }
             provider_by_name.insert(p.name.as_str().into(), i);
+            let name_header = HeaderValue::from_str(&p.name)
+                .map_err(|_| BuildError(format!("provider {}: the name is not a valid header value", p.name)))?;
             providers.push(Provider {
                 name: p.name.as_str().into(),
+                name_header,
                 kind: p.kind,
                 origin,
                 chat_path,

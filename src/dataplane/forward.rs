@@ -33,6 +33,9 @@ pub struct Sent {
     pub target: usize,
 }
 
+const X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
+const ANTHROPIC_VERSION: http::HeaderName = http::HeaderName::from_static("anthropic-version");
+
 /// Largest error body read from a provider (to quote its message).
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
@@ -171,8 +174,8 @@ fn build_request(
     builder = match provider.kind {
         ProviderKind::Openai => builder.header(header::AUTHORIZATION, key.header.clone()),
         ProviderKind::Anthropic => builder
-            .header("x-api-key", key.header.clone())
-            .header("anthropic-version", HeaderValue::from_static(anthropic::ANTHROPIC_VERSION)),
+            .header(X_API_KEY, key.header.clone())
+            .header(ANTHROPIC_VERSION, HeaderValue::from_static(anthropic::ANTHROPIC_VERSION)),
     };
     builder.body(Full::new(body)).map_err(|e| GatewayError::Internal(e.to_string()))
 }

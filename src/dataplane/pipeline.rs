@@ -7,7 +7,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
@@ -34,6 +34,11 @@ const DEFAULT_ANTHROPIC_MAX_TOKENS: u64 = 4096;
 
 type Reply = Result<Response<GatewayBody>, GatewayError>;
 
+// Parsed once at compile time instead of on every response.
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_HEIMDALL_PROVIDER: HeaderName = HeaderName::from_static("x-heimdall-provider");
+const X_HEIMDALL_MODEL: HeaderName = HeaderName::from_static("x-heimdall-model");
+
 /// Entry point for every request a core accepts.
 pub async fn handle(
     core: Rc<CoreCtx>,
@@ -58,7 +63,7 @@ pub async fn handle(
         log.error_type = Some(e.error_type());
         e.to_http().map(GatewayBody::full)
     });
-    resp.headers_mut().insert("x-request-id", log.request_id_header());
+    resp.headers_mut().insert(X_REQUEST_ID, log.request_id_header());
     // A streamed body finishes its own log when the stream ends.
     log.finish(resp.status().as_u16(), Outcome::Completed);
     Ok(resp)
@@ -304,11 +309,9 @@ async fn whole_reply(core: &Rc<CoreCtx>, log: &mut RequestLog, target: &Target<'
 }
 
 fn add_route_headers(h: &mut http::HeaderMap, target: &Target<'_, '_>) {
-    if let Ok(v) = HeaderValue::from_str(&target.provider.name) {
-        h.insert("x-heimdall-provider", v);
-    }
+    h.insert(X_HEIMDALL_PROVIDER, target.provider.name_header.clone());
     if let Ok(v) = HeaderValue::from_str(target.model) {
-        h.insert("x-heimdall-model", v);
+        h.insert(X_HEIMDALL_MODEL, v);
     }
 }
 

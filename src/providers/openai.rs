@@ -83,13 +83,6 @@ pub struct ChunkInfo {
 }
 
 #[derive(Deserialize)]
-struct RawChunk {
-    #[serde(default)]
-    choices: Option<Vec<serde::de::IgnoredAny>>,
-    usage: Option<RawUsage>,
-}
-
-#[derive(Deserialize)]
 struct RawUsage {
     #[serde(default)]
     prompt_tokens: u64,
@@ -97,18 +90,29 @@ struct RawUsage {
     completion_tokens: u64,
 }
 
-/// Inspects a chunk's `data` payload; cheap when it carries no usage.
+/// Inspects a chunk's `data` payload (or a whole response body). Only the `usage` object is
+/// parsed, found from the end: the rest of the document (the completion) is never walked.
 pub fn inspect_chunk(data: &[u8]) -> ChunkInfo {
-    if !contains(data, b"\"usage\"") {
-        return ChunkInfo::default();
-    }
-    match serde_json::from_slice::<RawChunk>(data) {
-        Ok(RawChunk { choices, usage: Some(u) }) => ChunkInfo {
+    let Some(at) = rfind(data, b"\"usage\"") else { return ChunkInfo::default() };
+    let rest = data[at + 7..].trim_ascii_start();
+    let Some(rest) = rest.strip_prefix(b":") else { return ChunkInfo::default() };
+    let mut values = serde_json::Deserializer::from_slice(rest).into_iter::<Option<RawUsage>>();
+    match values.next() {
+        Some(Ok(Some(u))) => ChunkInfo {
             usage: Some(super::Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens }),
-            usage_only: choices.is_none_or(|c| c.is_empty()),
+            usage_only: choices_empty(data),
         },
         _ => ChunkInfo::default(),
     }
+}
+
+/// `"choices"` absent or `[]`.
+fn choices_empty(data: &[u8]) -> bool {
+    let Some(at) = find(data, b"\"choices\"") else { return true };
+    let rest = data[at + 9..].trim_ascii_start();
+    let Some(rest) = rest.strip_prefix(b":") else { return false };
+    let Some(rest) = rest.trim_ascii_start().strip_prefix(b"[") else { return false };
+    rest.trim_ascii_start().starts_with(b"]")
 }
 
 /// Usage of a whole (non-streamed) response body.
@@ -116,8 +120,12 @@ pub fn body_usage(body: &[u8]) -> Option<super::Usage> {
     inspect_chunk(body).usage
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn rfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).rposition(|w| w == needle)
 }
 
 #[cfg(test)]
@@ -168,6 +176,13 @@ mod tests {
         assert!(info.usage_only);
         let info = inspect_chunk(br#"{"choices":[{"delta":{"content":"the word \"usage\""}}],"usage":null}"#);
         assert_eq!(info, ChunkInfo::default());
+        let info = inspect_chunk(
+            br#"{"choices":[{"delta":{"content":"x"}}],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#,
+        );
+        assert!(info.usage.is_some() && !info.usage_only);
+        let info = inspect_chunk(br#"{"choices" : [ ] , "usage" : {"prompt_tokens":1}}"#);
+        assert!(info.usage_only);
+        assert_eq!(info.usage.unwrap().completion_tokens, 0);
     }
 }
 
