@@ -100,7 +100,7 @@ async fn serve(core: Rc<CoreCtx>, opts: ServeOptions, ready: std::sync::mpsc::Se
         }
     };
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(MonoioTimer).header_read_timeout(opts.header_read_timeout).keep_alive(true);
+    http.timer(MonoioTimer).header_read_timeout(opts.header_read_timeout).keep_alive(true).writev(false);
     let http = Rc::new(http);
     let graceful = GracefulShutdown::new();
     let mut shutdown = core.shared.shutdown.clone();

@@ -126,7 +126,9 @@ async fn handshake<T>(io: T, origin: &Origin) -> Result<Sender, UpstreamError>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
 {
-    let (sender, conn) = hyper::client::conn::http1::handshake(io)
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .writev(false)
+        .handshake(io)
         .await
         .map_err(|source| UpstreamError::Http { origin: origin.key.to_string(), source })?;
     monoio::spawn(async move {
