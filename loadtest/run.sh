@@ -11,6 +11,9 @@
 #
 # Environment overrides (defaults in brackets):
 #   DURATION [10]  seconds per wrk run      CONNS ["1 10 50"]  connection counts
+#   ROUNDS [3]     rounds; each round runs mock, nginx and Heimdall back to back at every
+#                  connection count, and the report shows each row's median over the rounds
+#                  (interleaving keeps a slow phase of a shared VM from favouring one target)
 #   WORKERS [2]    worker count of mock, nginx and Heimdall
 #   MOCK_PORT [19000] NGINX_PORT [19001] HEIMDALL_PORT [19002]
 #   VK [vk-loadtest-key]  virtual key sent by wrk
@@ -25,6 +28,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-"1 10 50"}
 WORKERS=${WORKERS:-2}
 MOCK_PORT=${MOCK_PORT:-19000}
@@ -152,7 +156,7 @@ RESULTS=()
 bench() {
     local target=$1 url=$2 c=$3 threads=2 raw
     ((c == 1)) && threads=1
-    raw="$OUT/wrk-$target-c$c.txt"
+    raw="$OUT/wrk-$target-c$c-r${ROUND:-1}.txt"
     log "wrk $target: ${c} connection(s), ${DURATION}s"
     if ! wrk -t"$threads" -c"$c" -d"${DURATION}s" --latency -s "$OUT/chat.lua" \
         "$url/v1/chat/completions" >"$raw" 2>&1; then
@@ -195,7 +199,7 @@ tree_cpu_ticks() {
 
 # --- main ----------------------------------------------------------------------
 mkdir -p "$OUT"
-rm -f "$OUT"/wrk-*.txt "$OUT"/summary.txt "$OUT"/results.tsv
+rm -f "$OUT"/wrk-*.txt "$OUT"/summary.txt "$OUT"/results.tsv "$OUT"/all-rounds.tsv
 ensure_tools
 ulimit -n 65536 2>/dev/null || true
 
@@ -326,36 +330,61 @@ EOF
 fi
 
 # --- runs ----------------------------------------------------------------------
-for c in $CONNS; do bench mock "http://127.0.0.1:$MOCK_PORT" "$c"; done
-NGINX_TICKS=""
-nginx_before=$(tree_cpu_ticks "$NGINX_PID" 2>/dev/null || echo "")
-for c in $CONNS; do bench nginx "http://127.0.0.1:$NGINX_PORT" "$c"; done
-if [ -n "$nginx_before" ] && nginx_after=$(tree_cpu_ticks "$NGINX_PID" 2>/dev/null); then
-    NGINX_TICKS=$((nginx_after - nginx_before))
-fi
-HEIMDALL_TICKS=""
+NGINX_TICKS=0
+HEIMDALL_TICKS=0
 HEIMDALL_HWM=""
+for ROUND in $(seq 1 "$ROUNDS"); do
+    log "round $ROUND of $ROUNDS"
+    for c in $CONNS; do
+        bench mock "http://127.0.0.1:$MOCK_PORT" "$c"
+        before=$(tree_cpu_ticks "$NGINX_PID")
+        bench nginx "http://127.0.0.1:$NGINX_PORT" "$c"
+        NGINX_TICKS=$((NGINX_TICKS + $(tree_cpu_ticks "$NGINX_PID") - before))
+        if [ "$HEIMDALL_STATUS" = ok ]; then
+            before=$(proc_cpu_ticks "$HEIMDALL_PID")
+            bench heimdall "http://127.0.0.1:$HEIMDALL_PORT" "$c"
+            if kill -0 "$HEIMDALL_PID" 2>/dev/null; then
+                HEIMDALL_TICKS=$((HEIMDALL_TICKS + $(proc_cpu_ticks "$HEIMDALL_PID") - before))
+            else
+                HEIMDALL_STATUS="exited during the runs (see $OUT/heimdall.log)"
+            fi
+        else
+            RESULTS+=("heimdall $c - - - - - 0 unavailable")
+        fi
+    done
+done
 if [ "$HEIMDALL_STATUS" = ok ]; then
-    ticks_before=$(proc_cpu_ticks "$HEIMDALL_PID")
-    for c in $CONNS; do bench heimdall "http://127.0.0.1:$HEIMDALL_PORT" "$c"; done
-    if kill -0 "$HEIMDALL_PID" 2>/dev/null; then
-        ticks_after=$(proc_cpu_ticks "$HEIMDALL_PID")
-        HEIMDALL_TICKS=$((ticks_after - ticks_before))
-        HEIMDALL_HWM=$(awk '/^VmHWM:/ { print $2 }' "/proc/$HEIMDALL_PID/status")
-    else
-        HEIMDALL_STATUS="exited during the runs (see $OUT/heimdall.log)"
-    fi
-else
-    for c in $CONNS; do RESULTS+=("heimdall $c - - - - - 0 unavailable"); done
+    HEIMDALL_HWM=$(awk '/^VmHWM:/ { print $2 }' "/proc/$HEIMDALL_PID/status")
 fi
 
 # --- report ----------------------------------------------------------------------
-printf '%s\n' "${RESULTS[@]}" >"$OUT/results.tsv"
+printf '%s\n' "${RESULTS[@]}" >"$OUT/all-rounds.tsv"
+# One row per target and connection count: medians of req/s, p50 and p99; sums of errors and requests.
+awk '
+function median(list,    a, n, i, j, t) {
+    n = split(list, a, " ")
+    for (i = 2; i <= n; i++) { t = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+    return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+}
+{
+    k = $1 " " $2
+    if (!(k in seen)) { seen[k] = 1; order[++n] = k; status[k] = "ok" }
+    if ($9 != "ok") { status[k] = $9; next }
+    rps[k] = rps[k] " " $3; p50[k] = p50[k] " " $4; p99[k] = p99[k] " " $5
+    non2xx[k] += $6; sockerr[k] += $7; reqs[k] += $8
+}
+END {
+    for (i = 1; i <= n; i++) {
+        k = order[i]
+        if (status[k] != "ok") { print k, "-", "-", "-", "-", "-", 0, status[k]; continue }
+        printf "%s %.1f %.3f %.3f %d %d %d ok\n", k, median(rps[k]), median(p50[k]), median(p99[k]), non2xx[k], sockerr[k], reqs[k]
+    }
+}' "$OUT/all-rounds.tsv" >"$OUT/results.tsv"
 CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
 
 {
     echo
-    echo "Heimdall load test: ${DURATION}s per run, wrk -t1 (1 conn) / -t2, ${WORKERS} workers each, $(nproc) cores"
+    echo "Heimdall load test: ${DURATION}s per run, median of ${ROUNDS} interleaved rounds, wrk -t1 (1 conn) / -t2, ${WORKERS} workers each, $(nproc) cores"
     echo "body: $BODY"
     echo
     awk '
@@ -383,7 +412,7 @@ CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
         }
     }' "$OUT/results.tsv"
     echo
-    if [ "$HEIMDALL_STATUS" = ok ] && [ -n "$HEIMDALL_TICKS" ]; then
+    if [ "$HEIMDALL_STATUS" = ok ] && [ -n "$HEIMDALL_HWM" ]; then
         total=$(awk '$1 == "heimdall" { s += $8 } END { print s + 0 }' "$OUT/results.tsv")
         awk -v t="$HEIMDALL_TICKS" -v n="$total" -v hz="$CLK_TCK" -v hwm="$HEIMDALL_HWM" 'BEGIN {
             printf "Heimdall peak RSS (VmHWM): %.1f MiB\n", hwm / 1024
@@ -392,7 +421,7 @@ CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
     else
         echo "!!! HEIMDALL ROW FAILED: $HEIMDALL_STATUS"
     fi
-    if [ -n "$NGINX_TICKS" ]; then
+    if [ "$NGINX_TICKS" -gt 0 ]; then
         total=$(awk '$1 == "nginx" { s += $8 } END { print s + 0 }' "$OUT/results.tsv")
         awk -v t="$NGINX_TICKS" -v n="$total" -v hz="$CLK_TCK" 'BEGIN {
             if (n > 0) printf "nginx CPU per request:    %.1f us (%d ticks at %d Hz over %d requests)\n", t * 1e6 / hz / n, t, hz, n
