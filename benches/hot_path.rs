@@ -35,7 +35,7 @@ keys = [{ value = "sk" }]
             "[[governance.virtual_keys]]\nid = \"vk-{i}\"\nvalue = \"vk-value-{i}\"\nallowed_models = [\"gpt-4o-mini\", \"openai/*\"]\n"
         ));
     }
-    Snapshot::build(&config::parse(Path::new("bench.toml"), &text).unwrap(), 1).unwrap()
+    Snapshot::build(&config::parse(Path::new("bench.toml"), &text).unwrap(), 1, &Default::default()).unwrap()
 }
 
 /// A realistic small chat body (~1.5 KB, four messages), with `model` after the messages.
@@ -77,7 +77,7 @@ fn benches(c: &mut Criterion) {
     let principal = auth::authenticate(&snap, &headers).unwrap();
     let target = route::resolve(&snap, "gpt-4o").unwrap();
     c.bench_function("authorize (allow-list with provider/*)", |b| {
-        b.iter(|| access::authorize(black_box(&principal), black_box(&target)).is_ok())
+        b.iter(|| access::authorize(&snap, black_box(&principal), black_box(&target)).is_ok())
     });
 
     let peek = openai::peek(&body).unwrap();
@@ -93,7 +93,7 @@ fn benches(c: &mut Criterion) {
             let p = auth::authenticate(&snap, black_box(&headers)).unwrap();
             let peek = openai::peek(black_box(&body)).unwrap();
             let t = route::resolve(&snap, &peek.model).unwrap();
-            access::authorize(&p, &t).unwrap();
+            access::authorize(&snap, &p, &t).unwrap();
             openai::prepare(&body, &peek, t.model).unwrap().len()
         })
     });

@@ -70,7 +70,8 @@ fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     // One crypto provider for every rustls user in the process.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let loaded = config::load(&config_path)?;
-    let snapshot = Snapshot::build(&loaded, 1)?;
+    let counters = Arc::new(heimdall::governance::counters::CounterRegistry::default());
+    let snapshot = Snapshot::build(&loaded, 1, &counters)?;
     let server = &loaded.config.server;
     let workers = match server.workers {
         0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
@@ -84,6 +85,7 @@ fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
         metrics,
+        counters,
         control_tx,
         shutdown: shutdown_rx,
     });

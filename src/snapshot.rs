@@ -8,7 +8,9 @@ use std::time::Duration;
 use http::HeaderValue;
 use rustc_hash::FxHashMap;
 
-use crate::config::{FileConfig, LoadedConfig, ProviderKind, secret};
+use crate::config::{FileConfig, LoadedConfig, ProviderKind, Unpriced, Window, secret};
+use crate::governance::Level;
+use crate::governance::counters::{CounterRegistry, EntityCounters};
 
 /// Everything the data plane needs to serve a request, as one consistent version.
 #[derive(Debug)]
@@ -23,6 +25,9 @@ pub struct Snapshot {
     bare_models: FxHashMap<Box<str>, usize>,
     keys_by_hash: FxHashMap<[u8; 32], usize>,
     pub virtual_keys: Vec<VirtualKey>,
+    /// Customers, teams, users and keys with their limits; chains index into it.
+    pub entities: Vec<Entity>,
+    pub unpriced: Unpriced,
     pub pricing: FxHashMap<String, Price>,
     /// The file as parsed, for the control plane's later consumers (management API, reports).
     pub config: Arc<FileConfig>,
@@ -119,14 +124,48 @@ impl AllowList {
 
 #[derive(Debug)]
 pub struct VirtualKey {
+    /// Position in `Snapshot::virtual_keys`.
+    pub index: usize,
     pub id: Arc<str>,
     pub name: Option<String>,
     pub active: bool,
-    pub allowed_models: AllowList,
-    pub allowed_providers: AllowList,
     pub user: Option<Arc<str>>,
     pub team: Option<Arc<str>>,
     pub customer: Option<Arc<str>>,
+    /// The levels a request with this key is checked against and charged to, key first:
+    /// key → user → the team it acts under → that team's customer (indexes into `entities`).
+    pub chain: Vec<usize>,
+}
+
+/// One level of the hierarchy with its limits. Its counters outlive the snapshot.
+pub struct Entity {
+    pub level: Level,
+    pub id: Arc<str>,
+    pub budgets: Vec<Budget>,
+    pub rates: Vec<Rate>,
+    pub allowed_models: AllowList,
+    pub allowed_providers: AllowList,
+    pub counters: Arc<EntityCounters>,
+}
+
+impl std::fmt::Debug for Entity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entity").field("level", &self.level).field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    pub max_micros: u64,
+    pub window: Window,
+    pub calendar: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Rate {
+    pub requests: Option<u64>,
+    pub tokens: Option<u64>,
+    pub window: Window,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -144,7 +183,7 @@ pub struct BuildError(String);
 
 impl Snapshot {
     /// Builds the lookups. Runs on the control plane (it may resolve DNS, which blocks).
-    pub fn build(loaded: &LoadedConfig, version: u64) -> Result<Self, BuildError> {
+    pub fn build(loaded: &LoadedConfig, version: u64, counters: &CounterRegistry) -> Result<Self, BuildError> {
         let c = &loaded.config;
         let mut providers = Vec::with_capacity(c.providers.len());
         let mut provider_by_name = FxHashMap::default();
@@ -202,9 +241,51 @@ impl Snapshot {
             });
         }
 
-        let mut virtual_keys = Vec::with_capacity(c.governance.virtual_keys.len());
+        let g = &c.governance;
+        let mut entities = Vec::new();
+        let mut add = |level: Level,
+                       id: &str,
+                       budgets: &[crate::config::BudgetConfig],
+                       rates: &[crate::config::RateLimitConfig],
+                       models: &Option<Vec<String>>,
+                       providers: &Option<Vec<String>>| {
+            entities.push(Entity {
+                level,
+                id: id.into(),
+                budgets: budgets
+                    .iter()
+                    .map(|b| Budget {
+                        max_micros: (b.max_usd * 1e6).round() as u64,
+                        window: b.reset,
+                        calendar: b.calendar_aligned,
+                    })
+                    .collect(),
+                rates: rates.iter().map(|r| Rate { requests: r.requests, tokens: r.tokens, window: r.per }).collect(),
+                allowed_models: AllowList::from_config(models),
+                allowed_providers: AllowList::from_config(providers),
+                counters: counters.get(level, id),
+            });
+            entities.len() - 1
+        };
+        let mut customer_at = FxHashMap::default();
+        for e in &g.customers {
+            let i = add(Level::Customer, &e.id, &e.budgets, &e.rate_limits, &e.allowed_models, &e.allowed_providers);
+            customer_at.insert(e.id.as_str(), i);
+        }
+        let mut team_at = FxHashMap::default();
+        for e in &g.teams {
+            let i = add(Level::Team, &e.id, &e.budgets, &e.rate_limits, &e.allowed_models, &e.allowed_providers);
+            team_at.insert(e.id.as_str(), (i, e.customer.as_deref()));
+        }
+        let mut user_at = FxHashMap::default();
+        for e in &g.users {
+            let i = add(Level::User, &e.id, &e.budgets, &e.rate_limits, &e.allowed_models, &e.allowed_providers);
+            user_at.insert(e.id.as_str(), (i, e.teams.first().map(String::as_str)));
+        }
+
+        let mut virtual_keys = Vec::with_capacity(g.virtual_keys.len());
         let mut keys_by_hash = FxHashMap::default();
-        for (i, k) in c.governance.virtual_keys.iter().enumerate() {
+        for (i, k) in g.virtual_keys.iter().enumerate() {
             let hash = match (&k.value, &k.value_sha256) {
                 (Some(v), _) => crate::auth::hash_key(
                     &secret::resolve(v).map_err(|e| BuildError(format!("virtual key {}: {e}", k.id)))?,
@@ -214,18 +295,38 @@ impl Snapshot {
                 (None, None) => return Err(BuildError(format!("virtual key {}: no value", k.id))),
             };
             keys_by_hash.insert(hash, i);
+            let mut chain = vec![add(
+                Level::VirtualKey,
+                &k.id,
+                &k.budgets,
+                &k.rate_limits,
+                &k.allowed_models,
+                &k.allowed_providers,
+            )];
+            let user: Option<(usize, Option<&str>)> = k.user.as_deref().and_then(|u| user_at.get(u).copied());
+            if let Some((u, _)) = user {
+                chain.push(u);
+            }
+            let team_id = k.team.as_deref().or(user.and_then(|(_, t)| t));
+            let team: Option<(usize, Option<&str>)> = team_id.and_then(|t| team_at.get(t).copied());
+            if let Some((t, _)) = team {
+                chain.push(t);
+            }
+            let customer_id = team.and_then(|(_, c)| c).or(k.customer.as_deref());
+            if let Some(cu) = customer_id.and_then(|c| customer_at.get(c)) {
+                chain.push(*cu);
+            }
             virtual_keys.push(VirtualKey {
+                index: i,
                 id: k.id.as_str().into(),
                 name: k.name.clone(),
                 active: k.active,
-                allowed_models: AllowList::from_config(&k.allowed_models),
-                allowed_providers: AllowList::from_config(&k.allowed_providers),
                 user: k.user.as_deref().map(Into::into),
-                team: k.team.as_deref().map(Into::into),
-                customer: k.customer.as_deref().map(Into::into),
+                team: team_id.map(Into::into),
+                customer: customer_id.map(Into::into),
+                chain,
             });
         }
-
         let pricing = c
             .pricing
             .iter()
@@ -264,6 +365,8 @@ impl Snapshot {
             bare_models,
             keys_by_hash,
             virtual_keys,
+            entities,
+            unpriced: c.governance.unpriced,
             pricing,
             config: Arc::new(c.clone()),
         })

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::governance::counters::CounterRegistry;
 use crate::handoff::ControlRequest;
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
@@ -13,6 +14,8 @@ pub struct Shared {
     /// Swapped whole by the control plane; read by every request.
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub metrics: Metrics,
+    /// Budget and rate counters by entity; snapshots hold references into it.
+    pub counters: Arc<CounterRegistry>,
     /// Paths the data plane does not own go to the control plane through here.
     pub control_tx: tokio::sync::mpsc::UnboundedSender<ControlRequest>,
     /// Flips to true once: stop accepting, finish in-flight requests, exit.

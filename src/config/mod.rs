@@ -194,9 +194,22 @@ pub struct PriceConfig {
     pub max_output_tokens: Option<u64>,
 }
 
+/// What to do with a model that has no price.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unpriced {
+    /// 422 `unpriced_model`: nothing is billed as $0 silently.
+    #[default]
+    Refuse,
+    /// Serve it and count it as free.
+    AllowFree,
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GovernanceConfig {
+    #[serde(default)]
+    pub unpriced: Unpriced,
     #[serde(default)]
     pub customers: Vec<CustomerConfig>,
     #[serde(default)]

@@ -59,7 +59,7 @@ async fn run(parts: ControlParts, ready: std::sync::mpsc::Sender<Result<(), Stri
     };
     let reloader = reload::Reloader::new(shared.clone(), config_path, config);
     let watcher = reloader.watch(hup);
-    let router = tokio::spawn(router::serve(requests));
+    let router = tokio::spawn(router::serve(requests, router::test_clock_enabled()));
     let _ = ready.send(Ok(()));
 
     let mut drained = Vec::with_capacity(4096);

@@ -76,9 +76,11 @@ impl Reloader {
     async fn reload(&mut self, forced: bool) {
         let path = self.path.clone();
         let version = self.shared.snapshot.load().version + 1;
+        let shared = self.shared.clone();
         let built = tokio::task::spawn_blocking(move || {
             let loaded = config::load(&path).map_err(|e| e.to_string())?;
-            let snapshot = Snapshot::build(&loaded, version).map_err(|e| format!("{}: {e}", path.display()))?;
+            let snapshot =
+                Snapshot::build(&loaded, version, &shared.counters).map_err(|e| format!("{}: {e}", path.display()))?;
             Ok::<_, String>((loaded, snapshot))
         })
         .await
@@ -107,6 +109,7 @@ impl Reloader {
     async fn refresh_dns(&mut self) {
         let current = self.shared.snapshot.load_full();
         let last = self.last.clone();
+        let shared = self.shared.clone();
         let rebuilt = tokio::task::spawn_blocking(move || {
             let changed = current.providers.iter().any(|p| {
                 use std::net::ToSocketAddrs;
@@ -117,7 +120,7 @@ impl Reloader {
             if !changed {
                 return None;
             }
-            Some(Snapshot::build(&last, current.version + 1))
+            Some(Snapshot::build(&last, current.version + 1, &shared.counters))
         })
         .await;
         match rebuilt {

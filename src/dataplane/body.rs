@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 
 use super::core::CoreCtx;
 use super::log::RequestLog;
+use super::pipeline::Account;
 use super::upstream::Lease;
 use crate::audit::Outcome;
 use crate::metrics::UpstreamErrorKind;
@@ -91,6 +92,7 @@ pub struct StreamBody {
     idle_timeout: Duration,
     idle: Pin<Box<monoio::time::Sleep>>,
     log: RequestLog,
+    account: Option<Account>,
     ended: bool,
 }
 
@@ -102,6 +104,7 @@ impl StreamBody {
         mode: StreamMode,
         idle_timeout: Duration,
         log: RequestLog,
+        account: Option<Account>,
     ) -> Self {
         core.metrics().stream_opened();
         Self {
@@ -113,6 +116,7 @@ impl StreamBody {
             idle_timeout,
             idle: Box::pin(monoio::time::sleep(idle_timeout)),
             log,
+            account,
             ended: false,
         }
     }
@@ -120,6 +124,9 @@ impl StreamBody {
     fn end(&mut self, outcome: Outcome, status: u16) {
         self.ended = true;
         self.log.usage = self.mode.usage();
+        if let Some(account) = self.account.take() {
+            account.close(self.log.usage);
+        }
         if outcome == Outcome::Completed {
             if let Some(lease) = self.lease.take() {
                 self.core.pool.give_back(lease);
@@ -195,8 +202,12 @@ impl Drop for StreamBody {
     fn drop(&mut self) {
         self.core.metrics().stream_closed();
         if !self.ended {
-            // The client went away first; the RequestLog's own drop records it as such.
+            // The client went away first; the RequestLog's own drop records it as such, and what
+            // the provider reported so far (if anything) is what the request is charged.
             self.log.usage = self.mode.usage();
+            if let Some(account) = self.account.take() {
+                account.close(self.log.usage);
+            }
         }
     }
 }

@@ -15,7 +15,16 @@ use crate::state::Shared;
 
 /// A snapshot held by a request. Cloning it is a core-local pointer copy, never an atomic
 /// increment on the shared `Arc` (which every core would fight over).
-pub type SnapRef = Rc<Arc<Snapshot>>;
+#[derive(Clone)]
+#[allow(clippy::redundant_allocation)] // the Rc is the point: a core-local count over the shared Arc
+pub struct SnapRef(Rc<Arc<Snapshot>>);
+
+impl std::ops::Deref for SnapRef {
+    type Target = Snapshot;
+    fn deref(&self) -> &Snapshot {
+        &self.0
+    }
+}
 
 pub struct CoreCtx {
     pub id: usize,
@@ -33,7 +42,7 @@ struct SnapCache {
 impl CoreCtx {
     pub fn new(id: usize, shared: Arc<Shared>, audit: CoreAuditTx, pool: Pool) -> Self {
         let mut cache = Cache::new(shared.snapshot.clone());
-        let current = Rc::new(cache.load().clone());
+        let current = SnapRef(Rc::new(cache.load().clone()));
         Self { id, shared, snap: RefCell::new(SnapCache { cache, current }), pool, audit: RefCell::new(audit) }
     }
 
@@ -42,8 +51,8 @@ impl CoreCtx {
         let mut s = self.snap.borrow_mut();
         let s = &mut *s;
         let latest = s.cache.load();
-        if !Arc::ptr_eq(latest, &s.current) {
-            s.current = Rc::new(latest.clone());
+        if !Arc::ptr_eq(latest, &s.current.0) {
+            s.current = SnapRef(Rc::new(latest.clone()));
         }
         s.current.clone()
     }

@@ -18,8 +18,10 @@ use super::log::RequestLog;
 use crate::audit::Outcome;
 use crate::auth::{self, Principal};
 use crate::config::ProviderKind;
+use crate::config::Unpriced;
 use crate::error::GatewayError;
-use crate::governance::access;
+use crate::governance::admit::{Admission, Headroom};
+use crate::governance::{access, clock, cost};
 use crate::handoff::ControlRequest;
 use crate::metrics::RouteLabel;
 use crate::providers::route::{self, Target};
@@ -117,7 +119,7 @@ async fn chat(core: &Rc<CoreCtx>, log: &mut RequestLog, req: Request<Incoming>) 
     let peek = openai::peek(&body)?;
     log.stream = peek.stream;
     let targets = route_and_authorize(&snap, &principal, &peek.model, &peek.fallbacks)?;
-    // admit: budgets and rate limits are checked here (governance issue).
+    let mut admission = admit(&snap, &principal, &targets, peek.max_tokens, body.len())?;
     let sent = forward::forward(
         core,
         &targets,
@@ -128,14 +130,15 @@ async fn chat(core: &Rc<CoreCtx>, log: &mut RequestLog, req: Request<Incoming>) 
         },
         log,
     )
-    .await?;
+    .await;
+    let sent = or_release(sent, &mut admission)?;
     let target = &targets[sent.target];
     log.provider = Some(target.provider.name.clone());
     log.model = Some(target.model.to_string());
     if peek.stream {
-        Ok(stream_reply(core, log, target, sent, peek.include_usage))
+        Ok(stream_reply(core, log, &snap, target, sent, peek.include_usage, admission))
     } else {
-        whole_reply(core, log, target, sent).await
+        whole_reply(core, log, &snap, target, sent, admission).await
     }
 }
 
@@ -147,12 +150,14 @@ async fn embeddings(core: &Rc<CoreCtx>, log: &mut RequestLog, req: Request<Incom
     let body = read_body(req.into_body(), snap.server.max_body_bytes).await?;
     let peek = openai::peek(&body)?;
     let targets = route_and_authorize(&snap, &principal, &peek.model, &peek.fallbacks)?;
+    let mut admission = admit(&snap, &principal, &targets, Some(0), body.len())?;
     let sent =
-        forward::forward(core, &targets, Endpoint::Embeddings, |t| openai::prepare(&body, &peek, t.model), log).await?;
+        forward::forward(core, &targets, Endpoint::Embeddings, |t| openai::prepare(&body, &peek, t.model), log).await;
+    let sent = or_release(sent, &mut admission)?;
     let target = &targets[sent.target];
     log.provider = Some(target.provider.name.clone());
     log.model = Some(target.model.to_string());
-    whole_reply(core, log, target, sent).await
+    whole_reply(core, log, &snap, target, sent, admission).await
 }
 
 /// `GET /v1/models`: what the caller may use, in OpenAI's list shape.
@@ -164,7 +169,7 @@ fn models(core: &Rc<CoreCtx>, log: &mut RequestLog, req: &Request<Incoming>) -> 
     for (i, p) in snap.providers.iter().enumerate() {
         for m in &p.models {
             let target = Target { provider_index: i, provider: p, model: m, prefixed: false };
-            if access::authorize(&principal, &target).is_err() {
+            if access::authorize(&snap, &principal, &target).is_err() {
                 continue;
             }
             // The bare name is the id when it resolves here; otherwise only `provider/model` reaches it.
@@ -222,11 +227,11 @@ fn route_and_authorize<'s, 'r>(
 ) -> Result<Vec<Target<'s, 'r>>, GatewayError> {
     let mut targets = Vec::with_capacity(1 + fallbacks.len());
     let primary = route::resolve(snap, model)?;
-    access::authorize(principal, &primary)?;
+    access::authorize(snap, principal, &primary)?;
     targets.push(primary);
     for f in fallbacks {
         let t = route::resolve(snap, f).map_err(|e| GatewayError::InvalidRequest(format!("fallback '{f}': {e}")))?;
-        access::authorize(principal, &t)?;
+        access::authorize(snap, principal, &t)?;
         targets.push(t);
     }
     Ok(targets)
@@ -250,9 +255,11 @@ fn translate_error(e: anthropic::TranslateError) -> GatewayError {
 fn stream_reply(
     core: &Rc<CoreCtx>,
     log: &mut RequestLog,
+    snap: &SnapRef,
     target: &Target<'_, '_>,
     sent: Sent,
     include_usage: bool,
+    admission: Option<Admission<SnapRef>>,
 ) -> Response<GatewayBody> {
     let mode = match target.provider.kind {
         ProviderKind::Openai => StreamMode::OpenAi(openai::StreamFilter::new(include_usage)),
@@ -260,25 +267,47 @@ fn stream_reply(
             StreamMode::Anthropic(Box::new(anthropic::StreamTranslator::new(target.model, include_usage)))
         }
     };
+    let room = admission.as_ref().map(Admission::headroom);
+    let account =
+        admission.map(|a| Account { admission: a, price: snap.price(&target.provider.name, target.model).copied() });
     let upstream = sent.response.into_body();
-    let body =
-        StreamBody::new(core.clone(), upstream, sent.lease, mode, target.provider.stream_idle_timeout, log.hand_off());
+    let body = StreamBody::new(
+        core.clone(),
+        upstream,
+        sent.lease,
+        mode,
+        target.provider.stream_idle_timeout,
+        log.hand_off(),
+        account,
+    );
     let mut r = Response::new(GatewayBody::Stream(Box::new(body)));
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     add_route_headers(h, target);
+    if let Some(room) = room {
+        add_limit_headers(h, &room);
+    }
     r
 }
 
-/// account: a non-streamed response is read whole, its usage taken, translated when needed.
-async fn whole_reply(core: &Rc<CoreCtx>, log: &mut RequestLog, target: &Target<'_, '_>, sent: Sent) -> Reply {
+/// account: a non-streamed response is read whole, its usage taken, translated when needed,
+/// and its real cost replaces the reservation.
+async fn whole_reply(
+    core: &Rc<CoreCtx>,
+    log: &mut RequestLog,
+    snap: &SnapRef,
+    target: &Target<'_, '_>,
+    sent: Sent,
+    admission: Option<Admission<SnapRef>>,
+) -> Reply {
     let provider = target.provider;
     let read =
         monoio::time::timeout(provider.timeout, Limited::new(sent.response.into_body(), UPSTREAM_BODY_LIMIT).collect())
             .await;
     let bytes = match read {
         Ok(Ok(c)) => c.to_bytes(),
+        // The provider did (some) work: usage is unknown, so the reservation stays spent.
         Ok(Err(e)) => {
             return Err(GatewayError::Upstream(format!("provider '{}' sent an unreadable body: {e}", provider.name)));
         }
@@ -303,8 +332,13 @@ async fn whole_reply(core: &Rc<CoreCtx>, log: &mut RequestLog, target: &Target<'
             Bytes::from(translated)
         }
     };
+    let room = admission
+        .map(|a| Account { admission: a, price: snap.price(&provider.name, target.model).copied() }.close(log.usage));
     let mut r = json_response(StatusCode::OK, bytes)?;
     add_route_headers(r.headers_mut(), target);
+    if let Some(room) = room {
+        add_limit_headers(r.headers_mut(), &room);
+    }
     Ok(r)
 }
 
@@ -312,6 +346,91 @@ fn add_route_headers(h: &mut http::HeaderMap, target: &Target<'_, '_>) {
     h.insert(X_HEIMDALL_PROVIDER, target.provider.name_header.clone());
     if let Ok(v) = HeaderValue::from_str(target.model) {
         h.insert(X_HEIMDALL_MODEL, v);
+    }
+}
+
+// The rate-limit headers OpenAI clients read, for the tightest limit on the caller's chain.
+const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
+const REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
+const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
+const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
+const BUDGET_REMAINING: HeaderName = HeaderName::from_static("x-heimdall-budget-remaining-usd");
+
+fn add_limit_headers(h: &mut http::HeaderMap, room: &Headroom) {
+    if let Some((limit, remaining, reset)) = room.requests {
+        h.insert(LIMIT_REQUESTS, limit.into());
+        h.insert(REMAINING_REQUESTS, remaining.into());
+        if let Ok(v) = HeaderValue::from_str(&format!("{reset}s")) {
+            h.insert(RESET_REQUESTS, v);
+        }
+    }
+    if let Some((limit, remaining, reset)) = room.tokens {
+        h.insert(LIMIT_TOKENS, limit.into());
+        h.insert(REMAINING_TOKENS, remaining.into());
+        if let Ok(v) = HeaderValue::from_str(&format!("{reset}s")) {
+            h.insert(RESET_TOKENS, v);
+        }
+    }
+    if let Some(micros) = room.budget_remaining
+        && let Ok(v) = HeaderValue::from_str(&format!("{:.6}", micros as f64 / 1e6))
+    {
+        h.insert(BUDGET_REMAINING, v);
+    }
+}
+
+/// admit: the worst-case cost of the request (the dearest of its targets) is reserved at every
+/// level of the caller's chain, after every rate limit on it has counted the request.
+fn admit(
+    snap: &SnapRef,
+    principal: &Principal<'_>,
+    targets: &[Target<'_, '_>],
+    max_tokens: Option<u64>,
+    body_len: usize,
+) -> Result<Option<Admission<SnapRef>>, GatewayError> {
+    let mut reserve = 0;
+    for t in targets {
+        match snap.price(&t.provider.name, t.model) {
+            Some(p) => reserve = reserve.max(cost::micros(p, cost::worst_case_usage(body_len, max_tokens, Some(p)))),
+            None if snap.unpriced == Unpriced::AllowFree => {}
+            None => return Err(GatewayError::UnpricedModel(t.model.to_string())),
+        }
+    }
+    let Some(key) = principal.virtual_key() else { return Ok(None) };
+    crate::governance::admit::admit(snap.clone(), key.index, reserve, clock::now()).map(Some)
+}
+
+/// A request that failed before a provider answered cost nothing: its reservation goes back.
+fn or_release<T>(r: Result<T, GatewayError>, admission: &mut Option<Admission<SnapRef>>) -> Result<T, GatewayError> {
+    if r.is_err()
+        && let Some(a) = admission.take()
+    {
+        a.release();
+    }
+    r
+}
+
+/// What a finished request is charged: its usage at the serving model's price.
+pub struct Account {
+    admission: Admission<SnapRef>,
+    price: Option<crate::snapshot::Price>,
+}
+
+impl Account {
+    /// Settles with the real cost when usage is known; otherwise the reservation stays spent.
+    pub fn close(self, usage: Option<crate::providers::Usage>) -> Headroom {
+        match usage {
+            Some(u) => {
+                let cost = self.price.map_or(0, |p| cost::micros(&p, u));
+                self.admission.settle_and_headroom(cost, u.prompt_tokens + u.completion_tokens)
+            }
+            None => {
+                let room = self.admission.headroom();
+                drop(self.admission);
+                room
+            }
+        }
     }
 }
 

@@ -64,7 +64,7 @@ kind = "openai"
 base_url = "http://127.0.0.1:9/v1"
 keys = [{ value = "k" }]
 "#;
-        Snapshot::build(&config::parse(Path::new("t.toml"), text).unwrap(), 1).unwrap()
+        Snapshot::build(&config::parse(Path::new("t.toml"), text).unwrap(), 1, &Default::default()).unwrap()
     }
 
     #[test]

@@ -89,7 +89,7 @@ async fn an_unreachable_provider_is_a_502() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let (mock, _d) = mock(&[]);
     let extra = format!(
-        "[[providers]]\nname = \"dead\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:{port}/v1\"\nmodels = [\"dead-model\"]\nkeys = [{{ value = \"k\" }}]\nmax_retries = 1\nretry_backoff = \"5ms\"\n"
+        "[[providers]]\nname = \"dead\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:{port}/v1\"\nmodels = [\"dead-model\"]\nkeys = [{{ value = \"k\" }}]\nmax_retries = 1\nretry_backoff = \"5ms\"\n[pricing.\"dead-model\"]\ninput_per_mtok = 1.0\noutput_per_mtok = 1.0\n"
     );
     let gw = gateway(&config(&mock.addr, &extra));
     let msg = expect_error(

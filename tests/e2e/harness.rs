@@ -168,6 +168,39 @@ input_per_mtok = 3.0
 output_per_mtok = 15.0
 max_output_tokens = 8192
 
+[pricing."gpt-4o-mini"]
+input_per_mtok = 0.15
+output_per_mtok = 0.60
+max_output_tokens = 16384
+
+[pricing."gpt-4o"]
+input_per_mtok = 2.5
+output_per_mtok = 10.0
+
+[pricing."text-embedding-3-small"]
+input_per_mtok = 0.02
+output_per_mtok = 0.0
+
+[pricing."mock-error-500"]
+input_per_mtok = 1.0
+output_per_mtok = 1.0
+
+[pricing."mock-error-429"]
+input_per_mtok = 1.0
+output_per_mtok = 1.0
+
+[pricing."mock-error-400"]
+input_per_mtok = 1.0
+output_per_mtok = 1.0
+
+[pricing."mock-hang"]
+input_per_mtok = 1.0
+output_per_mtok = 1.0
+
+[pricing."mock-slow-stream"]
+input_per_mtok = 1.0
+output_per_mtok = 1.0
+
 [[governance.virtual_keys]]
 id = "vk-test"
 value = "vk-test-key"
