@@ -7,6 +7,7 @@ mod harness;
 
 mod chat;
 mod errors;
+mod governance;
 mod lifecycle;
 mod reload;
 mod resilience;
