@@ -13,3 +13,4 @@ pub mod metrics;
 pub mod providers;
 pub mod snapshot;
 pub mod state;
+pub mod store;

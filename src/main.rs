@@ -38,6 +38,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into log files and collectors.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Serve { config: config::DEFAULT_PATH.into() }) {
@@ -71,6 +73,10 @@ fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let loaded = config::load(&config_path)?;
     let counters = Arc::new(heimdall::governance::counters::CounterRegistry::default());
+    let store_path = std::path::Path::new(&loaded.config.storage.path);
+    let store = heimdall::store::Store::open(store_path)?;
+    let restored = store.restore(&counters)?;
+    tracing::info!(path = %store_path.display(), restored, "store open; governance usage restored");
     let snapshot = Snapshot::build(&loaded, 1, &counters)?;
     let server = &loaded.config.server;
     let workers = match server.workers {
@@ -98,6 +104,8 @@ fn serve(config_path: PathBuf) -> anyhow::Result<()> {
         rings: ring_rx,
         flush_interval: loaded.config.audit.flush_interval,
         config: loaded.clone(),
+        store,
+        checkpoint_interval: loaded.config.storage.checkpoint_interval,
         cores_stopped: cores_stopped_rx,
     })?;
     let opts = dataplane::ServeOptions {

@@ -80,11 +80,14 @@ pub struct StorageConfig {
     pub path: String,
     /// PostgreSQL URL for multi-node deployments (a later issue); takes precedence over `path`.
     pub url: Option<String>,
+    /// How often spend and rate windows are written to the store (a crash loses at most this much).
+    #[serde(deserialize_with = "de_duration")]
+    pub checkpoint_interval: std::time::Duration,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { path: "data/heimdall.db".into(), url: None }
+        Self { path: "data/heimdall.db".into(), url: None, checkpoint_interval: Duration::from_secs(1) }
     }
 }
 

@@ -29,6 +29,8 @@ pub struct ControlParts {
     pub flush_interval: Duration,
     /// Fires once every data-plane core has drained and stopped.
     pub cores_stopped: oneshot::Receiver<()>,
+    pub store: crate::store::Store,
+    pub checkpoint_interval: Duration,
 }
 
 /// Starts the thread. Returns once its signal handlers are installed, so a SIGTERM sent right
@@ -47,8 +49,18 @@ pub fn start(parts: ControlParts) -> anyhow::Result<JoinHandle<anyhow::Result<()
 }
 
 async fn run(parts: ControlParts, ready: std::sync::mpsc::Sender<Result<(), String>>) -> anyhow::Result<()> {
-    let ControlParts { shared, config_path, config, shutdown, requests, mut rings, flush_interval, cores_stopped } =
-        parts;
+    let ControlParts {
+        shared,
+        config_path,
+        config,
+        shutdown,
+        requests,
+        mut rings,
+        flush_interval,
+        cores_stopped,
+        store,
+        checkpoint_interval,
+    } = parts;
     let signals = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()));
     let (mut term, mut int, hup) = match signals {
         (Ok(t), Ok(i), Ok(h)) => (t, i, h),
@@ -62,12 +74,16 @@ async fn run(parts: ControlParts, ready: std::sync::mpsc::Sender<Result<(), Stri
     let router = tokio::spawn(router::serve(requests, router::test_clock_enabled()));
     let _ = ready.send(Ok(()));
 
+    let store = Arc::new(std::sync::Mutex::new(store));
+    let mut checkpoints = tokio::time::interval(checkpoint_interval);
+    checkpoints.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut drained = Vec::with_capacity(4096);
     let mut tick = tokio::time::interval(flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => drain(&shared, &mut rings, &mut drained),
+            _ = checkpoints.tick() => checkpoint(&shared, &store).await,
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -79,14 +95,35 @@ async fn run(parts: ControlParts, ready: std::sync::mpsc::Sender<Result<(), Stri
     loop {
         tokio::select! {
             _ = tick.tick() => drain(&shared, &mut rings, &mut drained),
+            _ = checkpoints.tick() => checkpoint(&shared, &store).await,
             _ = &mut cores_stopped => break,
         }
     }
     drain(&shared, &mut rings, &mut drained);
+    // Every request has settled: this checkpoint holds the exact spend a restart will find.
+    checkpoint(&shared, &store).await;
     watcher.abort();
     router.abort();
     tracing::info!(records = shared.metrics.audit_drained.load(Relaxed), "control plane stopped; every ring drained");
     Ok(())
+}
+
+/// Writes the governance counters to the store, off the control thread's event loop.
+async fn checkpoint(shared: &Arc<Shared>, store: &Arc<std::sync::Mutex<crate::store::Store>>) {
+    let (shared, store) = (shared.clone(), store.clone());
+    let done = tokio::task::spawn_blocking(move || {
+        let mut store = match store.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        store.checkpoint(&shared.counters)
+    })
+    .await;
+    match done {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::error!("governance checkpoint failed: {e}"),
+        Err(e) => tracing::error!("governance checkpoint task failed: {e}"),
+    }
 }
 
 /// Takes every waiting record out of every core's ring and spill queue.

@@ -90,6 +90,11 @@ impl BudgetCounter {
         (self.start.load(Relaxed), self.end.load(Relaxed), self.spent.load(Relaxed))
     }
 
+    /// (start, end, settled spend, calendar-aligned) for checkpoints.
+    pub fn state_full(&self) -> (i64, i64, u64, bool) {
+        (self.start.load(Relaxed), self.end.load(Relaxed), self.spent.load(Relaxed), self.mode.load(Relaxed) == 2)
+    }
+
     /// Restores a checkpoint (control plane, before the first request).
     pub fn restore(&self, start: i64, end: i64, calendar: bool, spent: u64) {
         self.start.store(start, Relaxed);
@@ -149,6 +154,16 @@ impl RateCell {
         });
     }
 
+    /// The packed window tag and count, for checkpoints.
+    pub fn raw(&self) -> u64 {
+        self.0.load(Acquire)
+    }
+
+    /// Restores a checkpointed `raw` value (a count of a window that has passed reads as 0).
+    pub fn restore(&self, raw: u64) {
+        self.0.store(raw, Relaxed);
+    }
+
     /// (count in the current window, seconds until it resets).
     pub fn current(&self, now: i64, w: Window) -> (u64, u64) {
         let (t, end) = tag(now, w);
@@ -165,6 +180,15 @@ pub struct CounterRegistry {
 }
 
 impl CounterRegistry {
+    /// Every entity's counters (for checkpoints).
+    pub fn entries(&self) -> Vec<((Level, String), Arc<EntityCounters>)> {
+        let map = match self.map.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
     /// The counters of an entity, created on first sight and the same ever after.
     pub fn get(&self, level: Level, id: &str) -> Arc<EntityCounters> {
         let mut map = match self.map.lock() {

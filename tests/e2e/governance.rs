@@ -332,3 +332,19 @@ async fn a_model_without_a_price_is_refused_unless_allowed_free() {
     let free = gateway(&cfg.replace("[server]", "[governance]\nunpriced = \"allow_free\"\n\n[server]"));
     assert_eq!(chat(&free, KEY, &chat_body("gpt-4o", "x")).await.status(), 200);
 }
+
+#[tokio::test]
+async fn a_restart_keeps_the_spend_of_the_window() {
+    let (mock, _d) = mock(&[]);
+    let b = body(10);
+    let max = worst_case(&b) as f64 + 5.0;
+    let entities = format!(
+        "[[governance.virtual_keys]]\nid = \"k\"\nvalue = \"k\"\nbudgets = [{{ max_usd = {max}, reset = \"1M\", calendar_aligned = true }}]\n"
+    );
+    let gw = gov(&mock.addr, &entities);
+    assert_eq!(chat(&gw, "k", &b).await.status(), 200);
+    let gw = gw.restart();
+    // Had the restart forgotten the first request's spend, the worst case would fit again.
+    expect_error(chat(&gw, "k", &b).await, 402, "budget_exceeded").await;
+    assert!(gw.proc.stderr().contains("restored=1"), "{}", gw.proc.stderr());
+}

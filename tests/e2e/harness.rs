@@ -92,7 +92,8 @@ pub fn mock(args: &[&str]) -> (Proc, tempfile::TempDir) {
 pub struct Gateway {
     pub proc: Proc,
     pub config_path: PathBuf,
-    _dir: tempfile::TempDir,
+    envs: Vec<(String, String)>,
+    dir: tempfile::TempDir,
 }
 
 impl Gateway {
@@ -100,10 +101,25 @@ impl Gateway {
         self.proc.url(path)
     }
 
+    /// Stops the gateway cleanly (SIGTERM) and starts it again on the same config and store.
+    pub fn restart(mut self) -> Gateway {
+        self.proc.signal("TERM");
+        assert_eq!(self.proc.wait_exit(Duration::from_secs(10)), Some(0), "{}", self.proc.stderr());
+        let envs: Vec<(&str, &str)> = self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let proc = Proc::start(
+            env!("CARGO_BIN_EXE_heimdall"),
+            &["serve", "--config", self.config_path.to_str().unwrap()],
+            &envs,
+            "heimdall-restarted",
+            self.dir.path(),
+        );
+        Gateway { proc, config_path: self.config_path.clone(), envs: self.envs.clone(), dir: self.dir }
+    }
+
     /// Replaces the config file the way an editor does (write a temp file, rename over).
     pub fn rewrite_config(&self, text: &str) {
         let tmp = self.config_path.with_extension("tmp");
-        std::fs::write(&tmp, text).unwrap();
+        std::fs::write(&tmp, with_store(text, &self.config_path.with_file_name("heimdall.db"))).unwrap();
         std::fs::rename(&tmp, &self.config_path).unwrap();
     }
 
@@ -122,7 +138,8 @@ pub fn gateway(config: &str) -> Gateway {
 pub fn gateway_with_env(config: &str, envs: &[(&str, &str)]) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("heimdall.toml");
-    std::fs::write(&config_path, config).unwrap();
+    let store = dir.path().join("heimdall.db");
+    std::fs::write(&config_path, with_store(config, &store)).unwrap();
     let proc = Proc::start(
         env!("CARGO_BIN_EXE_heimdall"),
         &["serve", "--config", config_path.to_str().unwrap()],
@@ -130,7 +147,16 @@ pub fn gateway_with_env(config: &str, envs: &[(&str, &str)]) -> Gateway {
         "heimdall",
         dir.path(),
     );
-    Gateway { proc, config_path, _dir: dir }
+    Gateway { proc, config_path, envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), dir }
+}
+
+/// Every gateway gets its own store unless the config names one.
+pub fn with_store(config: &str, store: &std::path::Path) -> String {
+    if config.contains("[storage]") {
+        config.to_string()
+    } else {
+        format!("{config}\n[storage]\npath = \"{}\"\n", store.display())
+    }
 }
 
 /// A config with the usual test providers pointing at `mock`. `extra` is appended as is.
