@@ -35,6 +35,9 @@ pub enum GatewayError {
     NotFound(String),
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// The change would break the state: an id in use, a parent with children, a config-managed entity.
+    #[error("{0}")]
+    Conflict(String),
     #[error("model '{0}' is not served by any configured provider")]
     ModelNotFound(String),
     #[error("request body is larger than the limit of {limit} bytes")]
@@ -75,6 +78,7 @@ impl GatewayError {
             | ComplianceViolation(_) => StatusCode::FORBIDDEN,
             NotFound(_) | ModelNotFound(_) => StatusCode::NOT_FOUND,
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Conflict(_) => StatusCode::CONFLICT,
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             UnpricedModel(_) => StatusCode::UNPROCESSABLE_ENTITY,
             RateLimited { .. } | RequestLimited { .. } | TokenLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -105,6 +109,7 @@ impl GatewayError {
             ComplianceViolation(_) => "compliance_violation",
             NotFound(_) => "not_found",
             MethodNotAllowed(_) => "method_not_allowed",
+            Conflict(_) => "conflict",
             ModelNotFound(_) => "model_not_found",
             PayloadTooLarge { .. } => "payload_too_large",
             UnpricedModel(_) => "unpriced_model",

@@ -77,7 +77,13 @@ fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let store = heimdall::store::Store::open(store_path)?;
     let restored = store.restore(&counters)?;
     tracing::info!(path = %store_path.display(), restored, "store open; governance usage restored");
-    let snapshot = Snapshot::build(&loaded, 1, &counters)?;
+    let api_entities: Vec<_> =
+        store.entities()?.into_iter().filter_map(heimdall::control::catalog::ApiEntity::from_stored).collect();
+    let merged = heimdall::control::catalog::merge(&loaded, &api_entities).map_err(|r| {
+        anyhow::anyhow!("entities in the store conflict with {}: {}: {}", config_path.display(), r.field, r.reason)
+    })?;
+    let snapshot = Snapshot::build(&merged, 1, &counters)?;
+    let catalog = Arc::new(heimdall::control::catalog::Catalog::new(loaded.clone(), api_entities));
     let server = &loaded.config.server;
     let workers = match server.workers {
         0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
@@ -103,7 +109,7 @@ fn serve(config_path: PathBuf) -> anyhow::Result<()> {
         requests: control_rx,
         rings: ring_rx,
         flush_interval: loaded.config.audit.flush_interval,
-        config: loaded.clone(),
+        catalog,
         store,
         checkpoint_interval: loaded.config.storage.checkpoint_interval,
         cores_stopped: cores_stopped_rx,

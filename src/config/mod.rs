@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 pub use window::Window;
 
@@ -223,7 +223,7 @@ pub struct GovernanceConfig {
     pub virtual_keys: Vec<VirtualKeyConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetConfig {
     pub max_usd: f64,
@@ -232,7 +232,7 @@ pub struct BudgetConfig {
     pub calendar_aligned: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
     pub requests: Option<u64>,
@@ -240,7 +240,7 @@ pub struct RateLimitConfig {
     pub per: Window,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CustomerConfig {
     pub id: String,
@@ -253,7 +253,7 @@ pub struct CustomerConfig {
     pub allowed_providers: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TeamConfig {
     pub id: String,
@@ -267,7 +267,7 @@ pub struct TeamConfig {
     pub allowed_providers: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     pub id: String,
@@ -283,7 +283,7 @@ pub struct UserConfig {
     pub allowed_providers: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VirtualKeyConfig {
     pub id: String,
@@ -396,6 +396,12 @@ pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
 }
 
 /// Parses and validates config text; `path` only names the file in errors.
+/// Checks a whole config (as built from the file plus the management API's entities): the first
+/// problem as (`path.to.field`, reason).
+pub fn check(config: &FileConfig) -> Result<(), (String, String)> {
+    validate::validate(config).map_err(|v| (locate::render_path(&v.path), v.reason))
+}
+
 pub fn parse(path: &Path, text: &str) -> Result<LoadedConfig, ConfigError> {
     let config: FileConfig = toml::from_str(text).map_err(|e| ConfigError {
         file: path.to_path_buf(),

@@ -1,7 +1,7 @@
 //! Budget and rate-limit windows as written in the config: `30s 1m 5m 1h 1d 1w 1M 1Q 1Y`.
 //! Only the names and their nominal lengths; calendar alignment lives in governance.
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Window {
@@ -55,5 +55,11 @@ impl<'de> Deserialize<'de> for Window {
         Window::parse(&s).ok_or_else(|| {
             serde::de::Error::custom(format!("invalid window `{s}`, expected one of {}", Window::ALL.join(", ")))
         })
+    }
+}
+
+impl Serialize for Window {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }

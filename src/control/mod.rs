@@ -1,6 +1,8 @@
 //! The control-plane thread: one tokio runtime that owns reloads, the audit drain, the paths the
 //! data plane hands over, and the shutdown sequence. The only writer of the published snapshot.
 
+mod api;
+pub mod catalog;
 mod reload;
 mod router;
 
@@ -21,8 +23,8 @@ use crate::state::Shared;
 pub struct ControlParts {
     pub shared: Arc<Shared>,
     pub config_path: PathBuf,
-    /// The config the first snapshot was built from.
-    pub config: crate::config::LoadedConfig,
+    /// The file and API entities the first snapshot was built from.
+    pub catalog: Arc<catalog::Catalog>,
     pub shutdown: watch::Sender<bool>,
     pub requests: mpsc::UnboundedReceiver<ControlRequest>,
     pub rings: Vec<CoreAuditRx>,
@@ -52,7 +54,7 @@ async fn run(parts: ControlParts, ready: std::sync::mpsc::Sender<Result<(), Stri
     let ControlParts {
         shared,
         config_path,
-        config,
+        catalog,
         shutdown,
         requests,
         mut rings,
@@ -69,12 +71,14 @@ async fn run(parts: ControlParts, ready: std::sync::mpsc::Sender<Result<(), Stri
             anyhow::bail!("cannot install signal handlers");
         }
     };
-    let reloader = reload::Reloader::new(shared.clone(), config_path, config);
+    let store = Arc::new(std::sync::Mutex::new(store));
+    let reloader = reload::Reloader::new(shared.clone(), config_path, catalog.clone());
     let watcher = reloader.watch(hup);
-    let router = tokio::spawn(router::serve(requests, router::test_clock_enabled()));
+    let api =
+        api::Api { shared: shared.clone(), catalog, store: store.clone(), test_clock: router::test_clock_enabled() };
+    let router = tokio::spawn(router::serve(requests, api));
     let _ = ready.send(Ok(()));
 
-    let store = Arc::new(std::sync::Mutex::new(store));
     let mut checkpoints = tokio::time::interval(checkpoint_interval);
     checkpoints.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut drained = Vec::with_capacity(4096);

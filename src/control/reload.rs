@@ -10,8 +10,8 @@ use notify_debouncer_mini::{DebounceEventResult, new_debouncer, notify::Recursiv
 use tokio::signal::unix::Signal;
 use tokio::sync::mpsc;
 
+use super::catalog::{Catalog, merge, publish};
 use crate::config;
-use crate::snapshot::Snapshot;
 use crate::state::Shared;
 
 /// Saves within this window count as one (editors write a file in several steps).
@@ -23,13 +23,13 @@ const DNS_REFRESH: Duration = Duration::from_secs(30);
 pub(super) struct Reloader {
     shared: Arc<Shared>,
     path: PathBuf,
-    /// The config the serving snapshot was built from.
-    last: Arc<config::LoadedConfig>,
+    /// The file (and API entities) the serving snapshot was built from.
+    catalog: Arc<Catalog>,
 }
 
 impl Reloader {
-    pub(super) fn new(shared: Arc<Shared>, path: PathBuf, last: config::LoadedConfig) -> Self {
-        Self { shared, path, last: Arc::new(last) }
+    pub(super) fn new(shared: Arc<Shared>, path: PathBuf, catalog: Arc<Catalog>) -> Self {
+        Self { shared, path, catalog }
     }
 
     /// Runs the watcher and the SIGHUP listener until aborted.
@@ -74,32 +74,40 @@ impl Reloader {
 
     /// Prepares a new snapshot and swaps it in; on any error keeps the old one and says why.
     async fn reload(&mut self, forced: bool) {
+        let _writes = self.catalog.lock_writes().await;
         let path = self.path.clone();
-        let version = self.shared.snapshot.load().version + 1;
-        let shared = self.shared.clone();
-        let built = tokio::task::spawn_blocking(move || {
-            let loaded = config::load(&path).map_err(|e| e.to_string())?;
-            let snapshot =
-                Snapshot::build(&loaded, version, &shared.counters).map_err(|e| format!("{}: {e}", path.display()))?;
-            Ok::<_, String>((loaded, snapshot))
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
-        match built {
-            Ok((loaded, _)) if loaded.content_hash == self.last.content_hash && !forced => {}
-            Ok((loaded, snapshot)) => {
-                let version = snapshot.version;
-                self.shared.snapshot.store(Arc::new(snapshot));
-                self.last = Arc::new(loaded);
+        let loaded = match tokio::task::spawn_blocking(move || config::load(&path)).await {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) => return self.refuse(e.to_string()),
+            Err(e) => return self.refuse(format!("reload task failed: {e}")),
+        };
+        if loaded.content_hash == self.catalog.file().content_hash && !forced {
+            return;
+        }
+        let merged = match merge(&loaded, &self.catalog.api()) {
+            Ok(m) => m,
+            Err(r) => {
+                return self.refuse(format!(
+                    "{}: conflicts with entities created through the API: {}: {}",
+                    self.path.display(),
+                    r.field,
+                    r.reason
+                ));
+            }
+        };
+        match publish(&self.shared, merged).await {
+            Ok(version) => {
+                self.catalog.set_file(loaded);
                 self.shared.metrics.reloads_ok.fetch_add(1, Relaxed);
-                self.shared.metrics.config_version.store(version, Relaxed);
                 tracing::info!(version, "config reloaded");
             }
-            Err(reason) => {
-                self.shared.metrics.reloads_failed.fetch_add(1, Relaxed);
-                tracing::error!("config rejected, the previous config keeps serving: {reason}");
-            }
+            Err(reason) => self.refuse(format!("{}: {reason}", self.path.display())),
         }
+    }
+
+    fn refuse(&self, reason: String) {
+        self.shared.metrics.reloads_failed.fetch_add(1, Relaxed);
+        tracing::error!("config rejected, the previous config keeps serving: {reason}");
     }
 }
 
@@ -108,31 +116,27 @@ impl Reloader {
     /// provider that moves (or whose name did not resolve at start) is followed without a reload.
     async fn refresh_dns(&mut self) {
         let current = self.shared.snapshot.load_full();
-        let last = self.last.clone();
-        let shared = self.shared.clone();
-        let rebuilt = tokio::task::spawn_blocking(move || {
-            let changed = current.providers.iter().any(|p| {
+        let changed = tokio::task::spawn_blocking(move || {
+            current.providers.iter().any(|p| {
                 use std::net::ToSocketAddrs;
                 let now: Vec<_> =
                     (p.origin.host.as_str(), p.origin.port).to_socket_addrs().map(|a| a.collect()).unwrap_or_default();
                 !now.is_empty() && now != p.origin.addrs
-            });
-            if !changed {
-                return None;
-            }
-            Some(Snapshot::build(&last, current.version + 1, &shared.counters))
+            })
         })
-        .await;
+        .await
+        .unwrap_or(false);
+        if !changed {
+            return;
+        }
+        let _writes = self.catalog.lock_writes().await;
+        let rebuilt = match merge(&self.catalog.file(), &self.catalog.api()) {
+            Ok(merged) => publish(&self.shared, merged).await,
+            Err(r) => Err(format!("{}: {}", r.field, r.reason)),
+        };
         match rebuilt {
-            Ok(Some(Ok(snapshot))) => {
-                let version = snapshot.version;
-                self.shared.snapshot.store(Arc::new(snapshot));
-                self.shared.metrics.config_version.store(version, Relaxed);
-                tracing::info!(version, "provider addresses changed; snapshot rebuilt");
-            }
-            Ok(Some(Err(e))) => tracing::warn!("cannot rebuild the snapshot after a DNS change: {e}"),
-            Ok(None) => {}
-            Err(e) => tracing::warn!("DNS refresh task failed: {e}"),
+            Ok(version) => tracing::info!(version, "provider addresses changed; snapshot rebuilt"),
+            Err(e) => tracing::warn!("cannot rebuild the snapshot after a DNS change: {e}"),
         }
     }
 }

@@ -18,7 +18,8 @@ pub enum StoreError {
 }
 
 /// Schema steps, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE budget_usage (
         level TEXT NOT NULL, entity_id TEXT NOT NULL, window TEXT NOT NULL,
         window_start INTEGER NOT NULL, window_end INTEGER NOT NULL, calendar INTEGER NOT NULL,
@@ -28,7 +29,14 @@ const MIGRATIONS: &[&str] = &["
         level TEXT NOT NULL, entity_id TEXT NOT NULL, kind TEXT NOT NULL, window TEXT NOT NULL,
         packed INTEGER NOT NULL,
         PRIMARY KEY (level, entity_id, kind, window));
-"];
+",
+    "
+    CREATE TABLE api_entities (
+        kind TEXT NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL,
+        created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+        PRIMARY KEY (kind, id));
+",
+];
 
 pub struct Store {
     conn: Connection,
@@ -144,6 +152,49 @@ impl Store {
             rows += 1;
         }
         Ok(rows)
+    }
+}
+
+/// One entity created through the management API, as stored: its JSON body (the same shape as
+/// the config file's entries) and when it was created and last changed.
+#[derive(Debug, Clone)]
+pub struct StoredEntity {
+    pub kind: String,
+    pub id: String,
+    pub body: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl Store {
+    pub fn entities(&self) -> Result<Vec<StoredEntity>, StoreError> {
+        let mut q = self
+            .conn
+            .prepare("SELECT kind, id, body, created_at, updated_at FROM api_entities ORDER BY created_at, id")?;
+        let rows = q.query_map([], |r| {
+            Ok(StoredEntity {
+                kind: r.get(0)?,
+                id: r.get(1)?,
+                body: r.get(2)?,
+                created_at: r.get(3)?,
+                updated_at: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Inserts or replaces one entity.
+    pub fn put_entity(&mut self, e: &StoredEntity) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO api_entities VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (kind, id) DO UPDATE SET body = ?3, updated_at = ?5",
+            params![e.kind, e.id, e.body, e.created_at, e.updated_at],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_entity(&mut self, kind: &str, id: &str) -> Result<bool, StoreError> {
+        Ok(self.conn.execute("DELETE FROM api_entities WHERE kind = ?1 AND id = ?2", params![kind, id])? > 0)
     }
 }
 

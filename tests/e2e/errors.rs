@@ -39,7 +39,7 @@ async fn every_client_error_has_its_status_and_type() {
     let r = client().get(gw.url("/v1/nothing-here")).bearer_auth(KEY).send().await.unwrap();
     expect_error(r, 404, "not_found").await;
     // Paths the control plane owns answer through the hand-off channel, in the same JSON shape.
-    let r = client().get(gw.url("/api/governance/virtual-keys")).send().await.unwrap();
+    let r = client().get(gw.url("/api/nothing-mounted-here")).send().await.unwrap();
     expect_error(r, 404, "not_found").await;
 
     // None of these reached the provider.

@@ -5,6 +5,7 @@
 
 mod harness;
 
+mod api;
 mod chat;
 mod errors;
 mod governance;

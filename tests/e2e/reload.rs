@@ -11,7 +11,7 @@ async fn wait_for_status(url: &str, key: &str, want: u16, within: Duration) -> D
         if r.status().as_u16() == want {
             return start.elapsed();
         }
-        assert!(start.elapsed() < within, "still {} after {within:?}", r.status());
+        assert!(start.elapsed() < within, "still {} after {within:?}: {}", r.status(), url);
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
