@@ -4,7 +4,8 @@
 # Measures, with wrk, the same small chat-completion POST against
 #   (a) mock-upstream directly,
 #   (b) nginx as a plain keep-alive reverse proxy in front of the mock,
-#   (c) Heimdall (with a virtual key) in front of the mock,
+#   (c) Heimdall in front of the mock, governance on: a virtual key whose chain (key → user →
+#       team → customer) has a budget and a rate limit at every level,
 # at several connection counts, then prints a table, Heimdall's ratios to
 # nginx, Heimdall's peak RSS and its CPU time per request.
 # See loadtest/README.md for how to read the numbers.
@@ -310,12 +311,34 @@ input_per_mtok = 0.15
 output_per_mtok = 0.60
 max_output_tokens = 16384
 
+# Governance on: a budget and a rate limit at every level of the key's chain, generous enough
+# never to refuse during the run, so every request is admitted, reserved and settled 4 times.
+[[governance.customers]]
+id = "load-customer"
+budgets = [{ max_usd = 1000000.0, reset = "1M", calendar_aligned = true }]
+rate_limits = [{ requests = 1000000000, per = "1h" }]
+
+[[governance.teams]]
+id = "load-team"
+customer = "load-customer"
+budgets = [{ max_usd = 1000000.0, reset = "1d" }]
+rate_limits = [{ requests = 1000000000, tokens = 100000000000, per = "1m" }]
+
+[[governance.users]]
+id = "load-user"
+teams = ["load-team"]
+budgets = [{ max_usd = 1000000.0, reset = "1w", calendar_aligned = true }]
+rate_limits = [{ requests = 1000000000, per = "1d" }]
+
 [[governance.virtual_keys]]
 id = "vk-load"
 value = "$VK"
+user = "load-user"
 allowed_models = ["*"]
 allowed_providers = ["*"]
 active = true
+budgets = [{ max_usd = 1000000.0, reset = "1h" }]
+rate_limits = [{ requests = 1000000000, per = "1m" }]
 EOF
     cp "$TMP/heimdall.toml" "$OUT/heimdall.toml"
     log "starting heimdall on 127.0.0.1:$HEIMDALL_PORT ($WORKERS workers)"
