@@ -43,6 +43,7 @@ pub struct RequestRecord {
     pub stream: bool,
     pub attempts: u8,
     pub usage: Option<Usage>,
+    pub cost_micros: Option<u64>,
     pub latency_us: u64,
     pub ttfb_us: Option<u64>,
 }
@@ -117,6 +118,7 @@ mod tests {
             stream: false,
             attempts: 1,
             usage: None,
+            cost_micros: None,
             latency_us: 0,
             ttfb_us: None,
         }

@@ -82,12 +82,13 @@ async fn run(parts: ControlParts, ready: std::sync::mpsc::Sender<Result<(), Stri
     let mut checkpoints = tokio::time::interval(checkpoint_interval);
     checkpoints.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut drained = Vec::with_capacity(4096);
+    let mut usage = Rollup::default();
     let mut tick = tokio::time::interval(flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => drain(&shared, &mut rings, &mut drained),
-            _ = checkpoints.tick() => checkpoint(&shared, &store).await,
+            _ = tick.tick() => drain(&shared, &mut rings, &mut drained, &mut usage),
+            _ = checkpoints.tick() => checkpoint(&shared, &store, &mut usage).await,
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -98,14 +99,14 @@ async fn run(parts: ControlParts, ready: std::sync::mpsc::Sender<Result<(), Stri
     let mut cores_stopped = cores_stopped;
     loop {
         tokio::select! {
-            _ = tick.tick() => drain(&shared, &mut rings, &mut drained),
-            _ = checkpoints.tick() => checkpoint(&shared, &store).await,
+            _ = tick.tick() => drain(&shared, &mut rings, &mut drained, &mut usage),
+            _ = checkpoints.tick() => checkpoint(&shared, &store, &mut usage).await,
             _ = &mut cores_stopped => break,
         }
     }
-    drain(&shared, &mut rings, &mut drained);
+    drain(&shared, &mut rings, &mut drained, &mut usage);
     // Every request has settled: this checkpoint holds the exact spend a restart will find.
-    checkpoint(&shared, &store).await;
+    checkpoint(&shared, &store, &mut usage).await;
     watcher.abort();
     router.abort();
     tracing::info!(records = shared.metrics.audit_drained.load(Relaxed), "control plane stopped; every ring drained");
@@ -113,13 +114,17 @@ async fn run(parts: ControlParts, ready: std::sync::mpsc::Sender<Result<(), Stri
 }
 
 /// Writes the governance counters to the store, off the control thread's event loop.
-async fn checkpoint(shared: &Arc<Shared>, store: &Arc<std::sync::Mutex<crate::store::Store>>) {
+async fn checkpoint(shared: &Arc<Shared>, store: &Arc<std::sync::Mutex<crate::store::Store>>, usage: &mut Rollup) {
     let (shared, store) = (shared.clone(), store.clone());
+    let rows = usage.take();
     let done = tokio::task::spawn_blocking(move || {
         let mut store = match store.lock() {
             Ok(s) => s,
             Err(poisoned) => poisoned.into_inner(),
         };
+        if !rows.is_empty() {
+            store.add_usage(&rows)?;
+        }
         store.checkpoint(&shared.counters)
     })
     .await;
@@ -130,8 +135,9 @@ async fn checkpoint(shared: &Arc<Shared>, store: &Arc<std::sync::Mutex<crate::st
     }
 }
 
-/// Takes every waiting record out of every core's ring and spill queue.
-fn drain(shared: &Shared, rings: &mut [CoreAuditRx], batch: &mut Vec<RequestRecord>) {
+/// Takes every waiting record out of every core's ring and spill queue, and adds each request's
+/// tokens and spend to its entities' daily usage (written with the next checkpoint).
+fn drain(shared: &Shared, rings: &mut [CoreAuditRx], batch: &mut Vec<RequestRecord>, usage: &mut Rollup) {
     batch.clear();
     for ring in rings.iter_mut() {
         ring.drain_into(batch);
@@ -139,7 +145,49 @@ fn drain(shared: &Shared, rings: &mut [CoreAuditRx], batch: &mut Vec<RequestReco
     if batch.is_empty() {
         return;
     }
-    // Persisting the batch (one transaction) is the audit issue's; until then records are counted.
+    for r in batch.iter() {
+        usage.add(r);
+    }
+    // Persisting the records themselves (one transaction per batch) is the audit trail's.
     shared.metrics.audit_drained.fetch_add(batch.len() as u64, Relaxed);
     batch.clear();
+}
+
+type RollupKey = (&'static str, Arc<str>, String, String);
+
+/// Daily usage per entity and model, accumulated between checkpoints.
+#[derive(Default)]
+struct Rollup {
+    rows: std::collections::HashMap<RollupKey, crate::store::UsageRow>,
+}
+
+impl Rollup {
+    fn add(&mut self, r: &RequestRecord) {
+        let Some(model) = &r.model else { return };
+        let day = chrono::DateTime::from_timestamp_millis(r.at_unix_ms as i64)
+            .map(|t| t.format("%Y-%m-%d").to_string())
+            .unwrap_or_default();
+        let usage = r.usage.unwrap_or_default();
+        let levels = [("virtual_key", &r.virtual_key), ("user", &r.user), ("team", &r.team), ("customer", &r.customer)];
+        for (level, id) in levels {
+            let Some(id) = id else { continue };
+            let row = self.rows.entry((level, id.clone(), day.clone(), model.clone())).or_insert_with(|| {
+                crate::store::UsageRow {
+                    level: level.to_string(),
+                    entity_id: id.to_string(),
+                    day: day.clone(),
+                    model: model.clone(),
+                    ..Default::default()
+                }
+            });
+            row.requests += 1;
+            row.prompt_tokens += usage.prompt_tokens;
+            row.completion_tokens += usage.completion_tokens;
+            row.cost_micros += r.cost_micros.unwrap_or(0);
+        }
+    }
+
+    fn take(&mut self) -> Vec<crate::store::UsageRow> {
+        self.rows.drain().map(|(_, v)| v).collect()
+    }
 }

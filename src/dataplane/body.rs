@@ -125,7 +125,7 @@ impl StreamBody {
         self.ended = true;
         self.log.usage = self.mode.usage();
         if let Some(account) = self.account.take() {
-            account.close(self.log.usage);
+            self.log.cost_micros = Some(account.close(self.log.usage).1);
         }
         if outcome == Outcome::Completed {
             if let Some(lease) = self.lease.take() {
@@ -206,7 +206,7 @@ impl Drop for StreamBody {
             // the provider reported so far (if anything) is what the request is charged.
             self.log.usage = self.mode.usage();
             if let Some(account) = self.account.take() {
-                account.close(self.log.usage);
+                self.log.cost_micros = Some(account.close(self.log.usage).1);
             }
         }
     }

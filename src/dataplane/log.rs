@@ -37,6 +37,8 @@ pub struct RequestLog {
     pub stream: bool,
     pub attempts: u8,
     pub usage: Option<Usage>,
+    /// What governance charged the request, in micro-dollars.
+    pub cost_micros: Option<u64>,
     pub ttfb: Option<Duration>,
 }
 
@@ -61,6 +63,7 @@ impl RequestLog {
             stream: false,
             attempts: 0,
             usage: None,
+            cost_micros: None,
             ttfb: None,
         }
     }
@@ -105,6 +108,7 @@ impl RequestLog {
             stream: self.stream,
             attempts: self.attempts,
             usage: self.usage,
+            cost_micros: self.cost_micros,
             ttfb: self.ttfb,
         };
         self.done = true;
@@ -142,6 +146,7 @@ impl RequestLog {
             stream: self.stream,
             attempts: self.attempts,
             usage: self.usage,
+            cost_micros: self.cost_micros,
             latency_us: elapsed.as_micros() as u64,
             ttfb_us: self.ttfb.map(|d| d.as_micros() as u64),
         });

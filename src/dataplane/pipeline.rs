@@ -332,8 +332,12 @@ async fn whole_reply(
             Bytes::from(translated)
         }
     };
-    let room = admission
-        .map(|a| Account { admission: a, price: snap.price(&provider.name, target.model).copied() }.close(log.usage));
+    let room = admission.map(|a| {
+        let (room, charged) =
+            Account { admission: a, price: snap.price(&provider.name, target.model).copied() }.close(log.usage);
+        log.cost_micros = Some(charged);
+        room
+    });
     let mut r = json_response(StatusCode::OK, bytes)?;
     add_route_headers(r.headers_mut(), target);
     if let Some(room) = room {
@@ -419,16 +423,18 @@ pub struct Account {
 
 impl Account {
     /// Settles with the real cost when usage is known; otherwise the reservation stays spent.
-    pub fn close(self, usage: Option<crate::providers::Usage>) -> Headroom {
+    /// Returns the room left and what the request was charged (micro-dollars).
+    pub fn close(self, usage: Option<crate::providers::Usage>) -> (Headroom, u64) {
         match usage {
             Some(u) => {
                 let cost = self.price.map_or(0, |p| cost::micros(&p, u));
-                self.admission.settle_and_headroom(cost, u.prompt_tokens + u.completion_tokens)
+                (self.admission.settle_and_headroom(cost, u.prompt_tokens + u.completion_tokens), cost)
             }
             None => {
+                let charged = self.admission.reserved();
                 let room = self.admission.headroom();
                 drop(self.admission);
-                room
+                (room, charged)
             }
         }
     }

@@ -36,6 +36,13 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
         PRIMARY KEY (kind, id));
 ",
+    "
+    CREATE TABLE usage_daily (
+        level TEXT NOT NULL, entity_id TEXT NOT NULL, day TEXT NOT NULL, model TEXT NOT NULL,
+        requests INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
+        cost_micros INTEGER NOT NULL,
+        PRIMARY KEY (level, entity_id, day, model));
+",
 ];
 
 pub struct Store {
@@ -195,6 +202,71 @@ impl Store {
 
     pub fn delete_entity(&mut self, kind: &str, id: &str) -> Result<bool, StoreError> {
         Ok(self.conn.execute("DELETE FROM api_entities WHERE kind = ?1 AND id = ?2", params![kind, id])? > 0)
+    }
+}
+
+/// Requests, tokens and spend of one entity on one UTC day with one model.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageRow {
+    pub level: String,
+    pub entity_id: String,
+    /// `YYYY-MM-DD`, UTC.
+    pub day: String,
+    pub model: String,
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_micros: u64,
+}
+
+impl Store {
+    /// Adds the rows to what is stored (one transaction).
+    pub fn add_usage(&mut self, rows: &[UsageRow]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut up = tx.prepare_cached(
+                "INSERT INTO usage_daily VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (level, entity_id, day, model) DO UPDATE SET
+                 requests = requests + ?5, prompt_tokens = prompt_tokens + ?6,
+                 completion_tokens = completion_tokens + ?7, cost_micros = cost_micros + ?8",
+            )?;
+            for r in rows {
+                up.execute(params![
+                    r.level,
+                    r.entity_id,
+                    r.day,
+                    r.model,
+                    r.requests as i64,
+                    r.prompt_tokens as i64,
+                    r.completion_tokens as i64,
+                    r.cost_micros as i64
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// One entity's usage between two days (inclusive), by day then model.
+    pub fn usage(&self, level: &str, id: &str, from: &str, to: &str) -> Result<Vec<UsageRow>, StoreError> {
+        let mut q = self.conn.prepare_cached(
+            "SELECT day, model, requests, prompt_tokens, completion_tokens, cost_micros FROM usage_daily
+             WHERE level = ?1 AND entity_id = ?2 AND day >= ?3 AND day <= ?4 ORDER BY day, model",
+        )?;
+        let rows = q.query_map(params![level, id, from, to], |r| {
+            let n = |i: usize| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
+            Ok(UsageRow {
+                level: level.to_string(),
+                entity_id: id.to_string(),
+                day: r.get(0)?,
+                model: r.get(1)?,
+                requests: n(2)?,
+                prompt_tokens: n(3)?,
+                completion_tokens: n(4)?,
+                cost_micros: n(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 }
 

@@ -199,3 +199,38 @@ async fn api_entities_survive_a_restart() {
     assert_eq!(got["virtual_key"]["managed_by"], "api");
     assert_eq!(post(&gw.url("/v1/chat/completions"), Some(&value), &chat_body("gpt-4o-mini", "x")).await.status(), 200);
 }
+
+#[tokio::test]
+async fn usage_by_day_and_model_is_kept_for_every_level_of_the_chain() {
+    let (mock, _d) = mock(&[]);
+    let extra = "[[governance.customers]]\nid = \"c-u\"\n[[governance.teams]]\nid = \"t-u\"\ncustomer = \"c-u\"\n\
+[[governance.users]]\nid = \"u-u\"\nteams = [\"t-u\"]\n\
+[[governance.virtual_keys]]\nid = \"k-u\"\nvalue = \"k-u\"\nuser = \"u-u\"\n";
+    let gw = gateway(&(api_config(&mock.addr) + extra));
+    let url = gw.url("/v1/chat/completions");
+    for model in ["gpt-4o-mini", "gpt-4o-mini", "claude-3-5-sonnet-20241022"] {
+        assert_eq!(post(&url, Some("k-u"), &chat_body(model, "count me")).await.status(), 200);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let key_usage = loop {
+        let u = expect(&gw, "GET", "/api/governance/virtual-keys/k-u/usage", None, 200).await;
+        if u["total"]["requests"] == 3 {
+            break u;
+        }
+        assert!(std::time::Instant::now() < deadline, "usage not rolled up: {u}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let rows = key_usage["usage"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{key_usage}");
+    let mini = rows.iter().find(|r| r["model"] == "gpt-4o-mini").unwrap();
+    assert_eq!(mini["requests"], 2);
+    assert!(mini["cost_usd"].as_f64().unwrap() > 0.0 && mini["prompt_tokens"].as_u64().unwrap() > 0);
+    for (kind, id) in [("users", "u-u"), ("teams", "t-u"), ("customers", "c-u")] {
+        let u = expect(&gw, "GET", &format!("/api/governance/{kind}/{id}/usage"), None, 200).await;
+        assert_eq!(u["total"], key_usage["total"], "{kind}");
+    }
+    let (status, _) = call(&gw, "GET", "/api/governance/virtual-keys/k-u/usage?from=yesterday", None).await;
+    assert_eq!(status, 400);
+    let (status, _) = call(&gw, "GET", "/api/governance/virtual-keys/nobody/usage", None).await;
+    assert_eq!(status, 404);
+}

@@ -23,6 +23,7 @@ pub(super) async fn route(api: &Api, req: &ControlRequest, method: &str, rest: &
         ("PATCH", Some(kind), [id]) => update(api, req, kind, id, true).await,
         ("DELETE", Some(kind), [id]) => delete(api, req, kind, id).await,
         ("POST", Some(Kind::VirtualKey), [id, "rotate"]) => rotate(api, req, id).await,
+        ("GET", Some(kind), [id, "usage"]) => usage(api, req, kind, id).await,
         _ => Err(GatewayError::NotFound(format!("{method} {}", req.uri.path()))),
     }
 }
@@ -400,4 +401,56 @@ pub(super) fn quota(api: &Api, req: &ControlRequest) -> ApiResult {
         }
     }
     reply(StatusCode::OK, &json!({ "virtual_key": &*key.id, "budgets": budgets, "rate_limits": limits }))
+}
+
+/// `GET …/{kind}/{id}/usage?from=YYYY-MM-DD&to=YYYY-MM-DD`: requests, tokens and spend by UTC day
+/// and model (default: the last 30 days). Rolled up from the request stream, at most a checkpoint late.
+async fn usage(api: &Api, req: &ControlRequest, kind: Kind, id: &str) -> ApiResult {
+    if !all(api, kind).iter().any(|(i, _)| i == id) {
+        return Err(not_found(kind, id));
+    }
+    let q = query(req);
+    let day = |name: &str, default: chrono::NaiveDate| -> Result<String, GatewayError> {
+        match q.get(name) {
+            None => Ok(default.format("%Y-%m-%d").to_string()),
+            Some(v) => chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d")
+                .map(|d| d.format("%Y-%m-%d").to_string())
+                .map_err(|_| GatewayError::InvalidRequest(format!("{name}: expected a date as YYYY-MM-DD"))),
+        }
+    };
+    let today = chrono::Utc::now().date_naive();
+    let from = day("from", today - chrono::Duration::days(29))?;
+    let to = day("to", today)?;
+    let (store, level, id_owned) = (api.store.clone(), kind.as_str(), id.to_string());
+    let rows = tokio::task::spawn_blocking(move || {
+        let store = match store.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        store.usage(level, &id_owned, &from, &to)
+    })
+    .await
+    .map_err(|e| GatewayError::Internal(e.to_string()))?
+    .map_err(|e| GatewayError::Internal(e.to_string()))?;
+    let (mut requests, mut prompt, mut completion, mut cost) = (0u64, 0u64, 0u64, 0u64);
+    let days: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            requests += r.requests;
+            prompt += r.prompt_tokens;
+            completion += r.completion_tokens;
+            cost += r.cost_micros;
+            json!({
+                "day": r.day, "model": r.model, "requests": r.requests, "prompt_tokens": r.prompt_tokens,
+                "completion_tokens": r.completion_tokens, "cost_usd": r.cost_micros as f64 / 1e6,
+            })
+        })
+        .collect();
+    reply(
+        StatusCode::OK,
+        &json!({
+            "type": kind.as_str(), "id": id, "usage": days,
+            "total": { "requests": requests, "prompt_tokens": prompt, "completion_tokens": completion, "cost_usd": cost as f64 / 1e6 },
+        }),
+    )
 }
