@@ -102,6 +102,12 @@ fn serve(config_path: PathBuf) -> anyhow::Result<()> {
         shutdown: shutdown_rx,
     });
     let (cores_stopped_tx, cores_stopped_rx) = tokio::sync::oneshot::channel();
+    let hmac_key = match &loaded.config.audit.hmac_key {
+        Some(r) => Some(Arc::<[u8]>::from(
+            config::secret::resolve(r).map_err(|e| anyhow::anyhow!("audit.hmac_key: {e}"))?.into_bytes(),
+        )),
+        None => None,
+    };
     let control = control::start(control::ControlParts {
         shared: shared.clone(),
         config_path: config_path.clone(),
@@ -112,6 +118,7 @@ fn serve(config_path: PathBuf) -> anyhow::Result<()> {
         catalog,
         store,
         checkpoint_interval: loaded.config.storage.checkpoint_interval,
+        hmac_key,
         cores_stopped: cores_stopped_rx,
     })?;
     let opts = dataplane::ServeOptions {

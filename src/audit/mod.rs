@@ -1,6 +1,8 @@
 //! Request records and the per-core rings that carry them from the data plane to the control
 //! plane. Pushing never blocks and never drops: a full ring spills to an unbounded overflow queue.
 
+pub mod event;
+
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;

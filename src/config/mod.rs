@@ -99,11 +99,14 @@ pub struct AuditConfig {
     /// How often the control plane drains the rings.
     #[serde(deserialize_with = "de_duration")]
     pub flush_interval: Duration,
+    /// Secret (`env.NAME`, `file:PATH` or literal) that signs the hash chain with HMAC-SHA256, so
+    /// someone with write access to the database cannot rewrite history and re-chain it.
+    pub hmac_key: Option<String>,
 }
 
 impl Default for AuditConfig {
     fn default() -> Self {
-        Self { ring_capacity: 16384, flush_interval: Duration::from_millis(50) }
+        Self { ring_capacity: 16384, flush_interval: Duration::from_millis(50), hmac_key: None }
     }
 }
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::audit::event::AuditEvent;
 use crate::audit::{CoreAuditRx, RequestRecord};
 use crate::handoff::ControlRequest;
 use crate::state::Shared;
@@ -33,6 +34,8 @@ pub struct ControlParts {
     pub cores_stopped: oneshot::Receiver<()>,
     pub store: crate::store::Store,
     pub checkpoint_interval: Duration,
+    /// Signs the audit chain (HMAC-SHA256) when set.
+    pub hmac_key: Option<Arc<[u8]>>,
 }
 
 /// Starts the thread. Returns once its signal handlers are installed, so a SIGTERM sent right
@@ -57,11 +60,12 @@ async fn run(parts: ControlParts, ready: std::sync::mpsc::Sender<Result<(), Stri
         catalog,
         shutdown,
         requests,
-        mut rings,
+        rings,
         flush_interval,
         cores_stopped,
         store,
         checkpoint_interval,
+        hmac_key,
     } = parts;
     let signals = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()));
     let (mut term, mut int, hup) = match signals {
@@ -72,23 +76,37 @@ async fn run(parts: ControlParts, ready: std::sync::mpsc::Sender<Result<(), Stri
         }
     };
     let store = Arc::new(std::sync::Mutex::new(store));
-    let reloader = reload::Reloader::new(shared.clone(), config_path, catalog.clone());
+    let (audit_tx, audit_rx) = mpsc::unbounded_channel();
+    let reloader = reload::Reloader::new(shared.clone(), config_path, catalog.clone(), audit_tx.clone());
     let watcher = reloader.watch(hup);
-    let api =
-        api::Api { shared: shared.clone(), catalog, store: store.clone(), test_clock: router::test_clock_enabled() };
+    let api = api::Api {
+        shared: shared.clone(),
+        catalog,
+        store: store.clone(),
+        audit: audit_tx,
+        hmac_key: hmac_key.clone(),
+        test_clock: router::test_clock_enabled(),
+    };
     let router = tokio::spawn(router::serve(requests, api));
     let _ = ready.send(Ok(()));
 
+    let mut drainer = Drainer {
+        shared: shared.clone(),
+        rings,
+        batch: Vec::with_capacity(4096),
+        usage: Rollup::default(),
+        events: audit_rx,
+        store: store.clone(),
+        hmac_key,
+    };
     let mut checkpoints = tokio::time::interval(checkpoint_interval);
     checkpoints.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut drained = Vec::with_capacity(4096);
-    let mut usage = Rollup::default();
     let mut tick = tokio::time::interval(flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => drain(&shared, &mut rings, &mut drained, &mut usage),
-            _ = checkpoints.tick() => checkpoint(&shared, &store, &mut usage).await,
+            _ = tick.tick() => drainer.flush().await,
+            _ = checkpoints.tick() => checkpoint(&shared, &store, &mut drainer.usage).await,
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -99,16 +117,16 @@ async fn run(parts: ControlParts, ready: std::sync::mpsc::Sender<Result<(), Stri
     let mut cores_stopped = cores_stopped;
     loop {
         tokio::select! {
-            _ = tick.tick() => drain(&shared, &mut rings, &mut drained, &mut usage),
-            _ = checkpoints.tick() => checkpoint(&shared, &store, &mut usage).await,
+            _ = tick.tick() => drainer.flush().await,
+            _ = checkpoints.tick() => checkpoint(&shared, &store, &mut drainer.usage).await,
             _ = &mut cores_stopped => break,
         }
     }
-    drain(&shared, &mut rings, &mut drained, &mut usage);
-    // Every request has settled: this checkpoint holds the exact spend a restart will find.
-    checkpoint(&shared, &store, &mut usage).await;
     watcher.abort();
     router.abort();
+    drainer.flush().await;
+    // Every request has settled: this checkpoint holds the exact spend a restart will find.
+    checkpoint(&shared, &store, &mut drainer.usage).await;
     tracing::info!(records = shared.metrics.audit_drained.load(Relaxed), "control plane stopped; every ring drained");
     Ok(())
 }
@@ -135,22 +153,53 @@ async fn checkpoint(shared: &Arc<Shared>, store: &Arc<std::sync::Mutex<crate::st
     }
 }
 
-/// Takes every waiting record out of every core's ring and spill queue, and adds each request's
-/// tokens and spend to its entities' daily usage (written with the next checkpoint).
-fn drain(shared: &Shared, rings: &mut [CoreAuditRx], batch: &mut Vec<RequestRecord>, usage: &mut Rollup) {
-    batch.clear();
-    for ring in rings.iter_mut() {
-        ring.drain_into(batch);
+/// Moves audit records from the cores' rings (and the control plane's own events) into the
+/// store, one transaction per flush, and feeds the usage rollup.
+struct Drainer {
+    shared: Arc<Shared>,
+    rings: Vec<CoreAuditRx>,
+    batch: Vec<RequestRecord>,
+    usage: Rollup,
+    events: mpsc::UnboundedReceiver<AuditEvent>,
+    store: Arc<std::sync::Mutex<crate::store::Store>>,
+    hmac_key: Option<Arc<[u8]>>,
+}
+
+impl Drainer {
+    async fn flush(&mut self) {
+        self.batch.clear();
+        for ring in self.rings.iter_mut() {
+            ring.drain_into(&mut self.batch);
+        }
+        let mut events: Vec<AuditEvent> = self.batch.iter().map(AuditEvent::from_request).collect();
+        for r in &self.batch {
+            self.usage.add(r);
+        }
+        let from_rings = self.batch.len() as u64;
+        self.batch.clear();
+        while let Ok(e) = self.events.try_recv() {
+            events.push(e);
+        }
+        if events.is_empty() {
+            return;
+        }
+        let (store, key) = (self.store.clone(), self.hmac_key.clone());
+        let written = tokio::task::spawn_blocking(move || {
+            let mut store = match store.lock() {
+                Ok(s) => s,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            store.append_audit(&events, key.as_deref())
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => {}
+            // The store refused: say so loudly; the records of this batch are lost to the trail.
+            Ok(Err(e)) => tracing::error!("audit batch not written: {e}"),
+            Err(e) => tracing::error!("audit writer task failed: {e}"),
+        }
+        self.shared.metrics.audit_drained.fetch_add(from_rings, Relaxed);
     }
-    if batch.is_empty() {
-        return;
-    }
-    for r in batch.iter() {
-        usage.add(r);
-    }
-    // Persisting the records themselves (one transaction per batch) is the audit trail's.
-    shared.metrics.audit_drained.fetch_add(batch.len() as u64, Relaxed);
-    batch.clear();
 }
 
 type RollupKey = (&'static str, Arc<str>, String, String);

@@ -11,6 +11,7 @@ use tokio::signal::unix::Signal;
 use tokio::sync::mpsc;
 
 use super::catalog::{Catalog, merge, publish};
+use crate::audit::event::AuditEvent;
 use crate::config;
 use crate::state::Shared;
 
@@ -25,11 +26,17 @@ pub(super) struct Reloader {
     path: PathBuf,
     /// The file (and API entities) the serving snapshot was built from.
     catalog: Arc<Catalog>,
+    audit: mpsc::UnboundedSender<AuditEvent>,
 }
 
 impl Reloader {
-    pub(super) fn new(shared: Arc<Shared>, path: PathBuf, catalog: Arc<Catalog>) -> Self {
-        Self { shared, path, catalog }
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        path: PathBuf,
+        catalog: Arc<Catalog>,
+        audit: mpsc::UnboundedSender<AuditEvent>,
+    ) -> Self {
+        Self { shared, path, catalog, audit }
     }
 
     /// Runs the watcher and the SIGHUP listener until aborted.
@@ -100,6 +107,8 @@ impl Reloader {
                 self.catalog.set_file(loaded);
                 self.shared.metrics.reloads_ok.fetch_add(1, Relaxed);
                 tracing::info!(version, "config reloaded");
+                let details = serde_json::json!({ "file": self.path.display().to_string(), "version": version, "forced": forced });
+                let _ = self.audit.send(AuditEvent::system("security", "config_reload", "success", details));
             }
             Err(reason) => self.refuse(format!("{}: {reason}", self.path.display())),
         }
@@ -108,6 +117,8 @@ impl Reloader {
     fn refuse(&self, reason: String) {
         self.shared.metrics.reloads_failed.fetch_add(1, Relaxed);
         tracing::error!("config rejected, the previous config keeps serving: {reason}");
+        let details = serde_json::json!({ "file": self.path.display().to_string(), "reason": reason });
+        let _ = self.audit.send(AuditEvent::system("security", "config_rejected", "failure", details));
     }
 }
 

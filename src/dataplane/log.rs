@@ -23,7 +23,8 @@ pub struct RequestLog {
     route: RouteLabel,
     peer: SocketAddr,
     pub request_id: uuid::Uuid,
-    /// Health checks and scrapes are counted but not audited.
+    /// Health checks and scrapes are counted but not audited; control-plane paths are audited by
+    /// the control plane, which knows who the caller is.
     audited: bool,
     done: bool,
     status: u16,
@@ -50,7 +51,7 @@ impl RequestLog {
             route,
             peer,
             request_id: request_id(headers),
-            audited: !matches!(route, RouteLabel::Health | RouteLabel::Metrics),
+            audited: !matches!(route, RouteLabel::Health | RouteLabel::Metrics | RouteLabel::Control),
             done: false,
             status: 0,
             error_type: None,

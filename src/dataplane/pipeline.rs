@@ -118,7 +118,9 @@ async fn chat(core: &Rc<CoreCtx>, log: &mut RequestLog, req: Request<Incoming>) 
     let body = read_body(req.into_body(), snap.server.max_body_bytes).await?;
     let peek = openai::peek(&body)?;
     log.stream = peek.stream;
+    log.model = Some(peek.model.to_string());
     let targets = route_and_authorize(&snap, &principal, &peek.model, &peek.fallbacks)?;
+    log.provider = Some(targets[0].provider.name.clone());
     let mut admission = admit(&snap, &principal, &targets, peek.max_tokens, body.len())?;
     let sent = forward::forward(
         core,
@@ -149,7 +151,9 @@ async fn embeddings(core: &Rc<CoreCtx>, log: &mut RequestLog, req: Request<Incom
     log.principal(&principal);
     let body = read_body(req.into_body(), snap.server.max_body_bytes).await?;
     let peek = openai::peek(&body)?;
+    log.model = Some(peek.model.to_string());
     let targets = route_and_authorize(&snap, &principal, &peek.model, &peek.fallbacks)?;
+    log.provider = Some(targets[0].provider.name.clone());
     let mut admission = admit(&snap, &principal, &targets, Some(0), body.len())?;
     let sent =
         forward::forward(core, &targets, Endpoint::Embeddings, |t| openai::prepare(&body, &peek, t.model), log).await;

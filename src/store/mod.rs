@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+pub mod audit;
+
 use rusqlite::{Connection, params};
 
 use crate::config::Window;
@@ -43,10 +45,11 @@ const MIGRATIONS: &[&str] = &[
         cost_micros INTEGER NOT NULL,
         PRIMARY KEY (level, entity_id, day, model));
 ",
+    audit::MIGRATION,
 ];
 
 pub struct Store {
-    conn: Connection,
+    pub(crate) conn: Connection,
 }
 
 const WINDOWS: [Window; 9] = [

@@ -6,6 +6,7 @@
 mod harness;
 
 mod api;
+mod audit;
 mod chat;
 mod errors;
 mod governance;

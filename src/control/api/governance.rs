@@ -200,19 +200,16 @@ async fn commit(
     Ok(())
 }
 
-/// The `data_modification` event of an admin change (persisted by the audit trail).
-fn record_change(req: &ControlRequest, action: &str, kind: Kind, id: &str) {
-    tracing::info!(
-        target: "heimdall::audit",
-        category = "data",
-        r#type = "data_modification",
-        actor = "admin_token",
-        client_ip = %req.peer.ip(),
+/// The `data_modification` (or `data_deletion`) event of an admin change, into the audit trail.
+fn record_change(api: &Api, req: &ControlRequest, action: &str, kind: Kind, id: &str) {
+    let event = crate::audit::event::AuditEvent::data_change(
         action,
-        target_type = kind.as_str(),
-        target_id = id,
-        "governance entity changed"
+        "admin_token",
+        &req.peer.ip().to_string(),
+        kind.as_str(),
+        id,
     );
+    let _ = api.audit.send(event);
 }
 
 fn id_prefix(kind: Kind) -> &'static str {
@@ -249,7 +246,7 @@ async fn create(api: &Api, req: &ControlRequest, kind: Kind) -> ApiResult {
     let mut next = api.catalog.api();
     next.push(entity.clone());
     commit(api, next, Some(&entity), None).await?;
-    record_change(req, "create", kind, &id);
+    record_change(api, req, "create", kind, &id);
     let mut out = json!({ kind.as_str(): view(kind, entity.body, "api", Some((t, t))) });
     if let Some(v) = value {
         out["value"] = v.into();
@@ -297,7 +294,7 @@ async fn update(api: &Api, req: &ControlRequest, kind: Kind, id: &str, merge: bo
     next[i].updated_at = now();
     let entity = next[i].clone();
     commit(api, next, Some(&entity), None).await?;
-    record_change(req, "update", kind, id);
+    record_change(api, req, "update", kind, id);
     reply(
         StatusCode::OK,
         &json!({ kind.as_str(): view(kind, entity.body, "api", Some((entity.created_at, entity.updated_at))) }),
@@ -342,7 +339,7 @@ async fn delete(api: &Api, req: &ControlRequest, kind: Kind, id: &str) -> ApiRes
     }
     next.remove(i);
     commit(api, next, None, Some((kind, id))).await?;
-    record_change(req, "delete", kind, id);
+    record_change(api, req, "delete", kind, id);
     reply(StatusCode::OK, &json!({ "deleted": { "type": kind.as_str(), "id": id } }))
 }
 
@@ -356,7 +353,7 @@ async fn rotate(api: &Api, req: &ControlRequest, id: &str) -> ApiResult {
     next[i].updated_at = now();
     let entity = next[i].clone();
     commit(api, next, Some(&entity), None).await?;
-    record_change(req, "rotate", Kind::VirtualKey, id);
+    record_change(api, req, "rotate", Kind::VirtualKey, id);
     reply(
         StatusCode::OK,
         &json!({ "virtual_key": view(Kind::VirtualKey, entity.body, "api", Some((entity.created_at, entity.updated_at))), "value": value }),

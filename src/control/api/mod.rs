@@ -1,6 +1,7 @@
 //! The management API on the control plane: routing of `/api/*`, admin authentication, and the
 //! JSON replies. One file per area; every error goes through the one error mapping.
 
+mod audit;
 mod governance;
 
 use std::collections::HashMap;
@@ -20,6 +21,9 @@ pub struct Api {
     pub shared: Arc<Shared>,
     pub catalog: Arc<Catalog>,
     pub store: Arc<std::sync::Mutex<Store>>,
+    /// Events the API raises (admin changes, exports) go to the audit writer through here.
+    pub audit: tokio::sync::mpsc::UnboundedSender<crate::audit::event::AuditEvent>,
+    pub hmac_key: Option<Arc<[u8]>>,
     /// `HEIMDALL_TEST_CLOCK=1` at start: mounts `POST /api/test/clock` (tests only).
     pub test_clock: bool,
 }
@@ -42,6 +46,10 @@ impl Api {
             (_, ["api", "governance", ..]) => {
                 self.authorize_admin(req)?;
                 governance::route(self, req, method, &segments[2..]).await
+            }
+            ("GET", ["api", "enterprise", "audit", what]) => {
+                self.authorize_admin(req)?;
+                audit::route(self, req, what).await
             }
             _ => Err(GatewayError::NotFound(format!("{method} {}", req.uri.path()))),
         }

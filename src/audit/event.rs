@@ -1,0 +1,188 @@
+//! The audit record as persisted: one taxonomy for requests, admin changes and security events,
+//! and its canonical bytes for the hash chain. Carries no prompt or completion text.
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{Outcome, RequestRecord};
+
+/// Field order is the canonical order hashed into the chain: never reorder, only append.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub id: String,
+    pub timestamp_ms: i64,
+    /// access | usage | data | security
+    pub category: String,
+    pub r#type: String,
+    /// success | failure | denied
+    pub outcome: String,
+    /// virtual_key | admin_token | user | system | anonymous
+    pub actor_type: String,
+    pub actor_id: Option<String>,
+    pub client_ip: Option<String>,
+    pub target_type: Option<String>,
+    pub target_id: Option<String>,
+    pub customer_id: Option<String>,
+    pub team_id: Option<String>,
+    pub user_id: Option<String>,
+    pub virtual_key_id: Option<String>,
+    pub request_id: Option<String>,
+    pub details: serde_json::Value,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+impl AuditEvent {
+    /// The bytes the chain hashes: the record's JSON with its fields in declaration order
+    /// (`details` keys sorted), so a row read back from the store hashes the same.
+    pub fn canonical(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// An event raised by the control plane itself (admin changes, reloads, alerts).
+    pub fn system(category: &str, r#type: &str, outcome: &str, details: serde_json::Value) -> Self {
+        AuditEvent {
+            id: new_id(),
+            timestamp_ms: now_ms(),
+            category: category.into(),
+            r#type: r#type.into(),
+            outcome: outcome.into(),
+            actor_type: "system".into(),
+            actor_id: None,
+            client_ip: None,
+            target_type: None,
+            target_id: None,
+            customer_id: None,
+            team_id: None,
+            user_id: None,
+            virtual_key_id: None,
+            request_id: None,
+            details,
+        }
+    }
+
+    /// A `data_modification` (or deletion) of a governed entity through the management API.
+    pub fn data_change(action: &str, actor_type: &str, client_ip: &str, target_type: &str, target_id: &str) -> Self {
+        let r#type = if action == "delete" { "data_deletion" } else { "data_modification" };
+        AuditEvent {
+            actor_type: actor_type.into(),
+            client_ip: Some(client_ip.into()),
+            target_type: Some(target_type.into()),
+            target_id: Some(target_id.into()),
+            ..AuditEvent::system("data", r#type, "success", json!({ "action": action }))
+        }
+    }
+
+    /// One data-plane request, classified by how it ended.
+    pub fn from_request(r: &RequestRecord) -> Self {
+        let (category, r#type, denied) = match r.error_type {
+            Some("request_limited" | "token_limited") => ("usage", "rate_limit_violation", true),
+            Some("budget_exceeded") => ("usage", "budget_exceeded", true),
+            Some("model_blocked" | "provider_blocked") => ("usage", "model_denied", true),
+            Some("virtual_key_not_found" | "virtual_key_blocked" | "authentication_required" | "invalid_token") => {
+                ("security", "invalid_credential", true)
+            }
+            _ => ("usage", "api_request", false),
+        };
+        let outcome = if denied {
+            "denied"
+        } else if r.status < 400 && r.outcome == Outcome::Completed && r.error_type.is_none() {
+            "success"
+        } else {
+            "failure"
+        };
+        let ended = match r.outcome {
+            Outcome::Completed => "completed",
+            Outcome::ClientClosed => "client_closed",
+            Outcome::UpstreamBroken => "upstream_broken",
+        };
+        let usage = r.usage.unwrap_or_default();
+        AuditEvent {
+            id: new_id(),
+            timestamp_ms: r.at_unix_ms as i64,
+            category: category.into(),
+            r#type: r#type.into(),
+            outcome: outcome.into(),
+            actor_type: if r.virtual_key.is_some() { "virtual_key" } else { "anonymous" }.into(),
+            actor_id: r.virtual_key.as_deref().map(Into::into),
+            client_ip: Some(r.client_ip.to_string()),
+            target_type: r.model.as_ref().map(|_| "model".to_string()),
+            target_id: r.model.clone(),
+            customer_id: r.customer.as_deref().map(Into::into),
+            team_id: r.team.as_deref().map(Into::into),
+            user_id: r.user.as_deref().map(Into::into),
+            virtual_key_id: r.virtual_key.as_deref().map(Into::into),
+            request_id: Some(r.request_id.to_string()),
+            details: json!({
+                "route": r.route.as_str(),
+                "status": r.status,
+                "error_type": r.error_type,
+                "ended": ended,
+                "provider": r.provider.as_deref(),
+                "model": r.model,
+                "stream": r.stream,
+                "attempts": r.attempts,
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "cost_micros": r.cost_micros,
+                "latency_us": r.latency_us,
+                "ttfb_us": r.ttfb_us,
+                "core": r.core,
+            }),
+        }
+    }
+}
+
+/// The chain link of `event` after `prev`: SHA-256, or HMAC-SHA256 when the chain is signed.
+pub fn link(prev: &[u8], event: &AuditEvent, hmac_key: Option<&[u8]>) -> Vec<u8> {
+    use sha2::Digest;
+    let canonical = event.canonical();
+    match hmac_key {
+        Some(key) => {
+            use hmac::Mac;
+            match hmac::Hmac::<sha2::Sha256>::new_from_slice(key) {
+                Ok(mut mac) => {
+                    mac.update(prev);
+                    mac.update(&canonical);
+                    mac.finalize().into_bytes().to_vec()
+                }
+                Err(_) => Vec::new(),
+            }
+        }
+        None => {
+            let mut h = sha2::Sha256::new();
+            h.update(prev);
+            h.update(&canonical);
+            h.finalize().to_vec()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_bytes_survive_a_round_trip_through_json() {
+        let e = AuditEvent::data_change("update", "admin_token", "127.0.0.1", "team", "t1");
+        let back: AuditEvent = serde_json::from_slice(&e.canonical()).unwrap();
+        assert_eq!(back.canonical(), e.canonical());
+    }
+
+    #[test]
+    fn a_changed_field_or_key_breaks_the_link() {
+        let e = AuditEvent::system("security", "config_reload", "success", json!({ "version": 2 }));
+        let h = link(&[0; 32], &e, None);
+        let mut tampered = e.clone();
+        tampered.outcome = "failure".into();
+        assert_ne!(link(&[0; 32], &tampered, None), h);
+        assert_ne!(link(&[0; 32], &e, Some(b"k")), h);
+        assert_eq!(link(&[0; 32], &e, None), h);
+    }
+}
