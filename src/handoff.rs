@@ -12,5 +12,12 @@ pub struct ControlRequest {
     pub headers: http::HeaderMap,
     pub body: Bytes,
     pub peer: SocketAddr,
-    pub reply: tokio::sync::oneshot::Sender<http::Response<Bytes>>,
+    pub reply: tokio::sync::oneshot::Sender<http::Response<ControlBody>>,
+}
+
+/// A control-plane answer's body: whole, or chunks produced as the control plane reads them
+/// (exports), relayed by the data plane as they come.
+pub enum ControlBody {
+    Full(Bytes),
+    Stream(tokio::sync::mpsc::Receiver<Bytes>),
 }

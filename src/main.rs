@@ -119,6 +119,7 @@ fn serve(config_path: PathBuf) -> anyhow::Result<()> {
         store,
         checkpoint_interval: loaded.config.storage.checkpoint_interval,
         hmac_key,
+        retention_days: loaded.config.audit.retention_days,
         cores_stopped: cores_stopped_rx,
     })?;
     let opts = dataplane::ServeOptions {

@@ -102,11 +102,14 @@ pub struct AuditConfig {
     /// Secret (`env.NAME`, `file:PATH` or literal) that signs the hash chain with HMAC-SHA256, so
     /// someone with write access to the database cannot rewrite history and re-chain it.
     pub hmac_key: Option<String>,
+    /// Records older than this many days are removed (oldest first, keeping the chain verifiable);
+    /// unset keeps everything.
+    pub retention_days: Option<u32>,
 }
 
 impl Default for AuditConfig {
     fn default() -> Self {
-        Self { ring_capacity: 16384, flush_interval: Duration::from_millis(50), hmac_key: None }
+        Self { ring_capacity: 16384, flush_interval: Duration::from_millis(50), hmac_key: None, retention_days: None }
     }
 }
 

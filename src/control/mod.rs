@@ -36,6 +36,7 @@ pub struct ControlParts {
     pub checkpoint_interval: Duration,
     /// Signs the audit chain (HMAC-SHA256) when set.
     pub hmac_key: Option<Arc<[u8]>>,
+    pub retention_days: Option<u32>,
 }
 
 /// Starts the thread. Returns once its signal handlers are installed, so a SIGTERM sent right
@@ -66,6 +67,7 @@ async fn run(parts: ControlParts, ready: std::sync::mpsc::Sender<Result<(), Stri
         store,
         checkpoint_interval,
         hmac_key,
+        retention_days,
     } = parts;
     let signals = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()));
     let (mut term, mut int, hup) = match signals {
@@ -103,9 +105,11 @@ async fn run(parts: ControlParts, ready: std::sync::mpsc::Sender<Result<(), Stri
     checkpoints.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tick = tokio::time::interval(flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut retention = tokio::time::interval(RETENTION_EVERY);
     loop {
         tokio::select! {
             _ = tick.tick() => drainer.flush().await,
+            _ = retention.tick(), if retention_days.is_some() => apply_retention(&store, retention_days).await,
             _ = checkpoints.tick() => checkpoint(&shared, &store, &mut drainer.usage).await,
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -129,6 +133,29 @@ async fn run(parts: ControlParts, ready: std::sync::mpsc::Sender<Result<(), Stri
     checkpoint(&shared, &store, &mut drainer.usage).await;
     tracing::info!(records = shared.metrics.audit_drained.load(Relaxed), "control plane stopped; every ring drained");
     Ok(())
+}
+
+/// How often old audit records are looked for (and once at start).
+const RETENTION_EVERY: Duration = Duration::from_secs(600);
+
+async fn apply_retention(store: &Arc<std::sync::Mutex<crate::store::Store>>, days: Option<u32>) {
+    let Some(days) = days else { return };
+    let cutoff = (crate::governance::clock::now() - i64::from(days) * 86_400) * 1000;
+    let store = store.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        let mut store = match store.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        store.apply_retention(cutoff)
+    })
+    .await;
+    match done {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => tracing::info!(removed = n, days, "audit retention applied"),
+        Ok(Err(e)) => tracing::error!("audit retention failed: {e}"),
+        Err(e) => tracing::error!("audit retention task failed: {e}"),
+    }
 }
 
 /// Writes the governance counters to the store, off the control thread's event loop.
@@ -204,7 +231,7 @@ impl Drainer {
 
 type RollupKey = (&'static str, Arc<str>, String, String);
 
-/// Daily usage per entity and model, accumulated between checkpoints.
+/// Hourly usage per entity and model, accumulated between checkpoints.
 #[derive(Default)]
 struct Rollup {
     rows: std::collections::HashMap<RollupKey, crate::store::UsageRow>,
@@ -213,18 +240,18 @@ struct Rollup {
 impl Rollup {
     fn add(&mut self, r: &RequestRecord) {
         let Some(model) = &r.model else { return };
-        let day = chrono::DateTime::from_timestamp_millis(r.at_unix_ms as i64)
-            .map(|t| t.format("%Y-%m-%d").to_string())
+        let hour = chrono::DateTime::from_timestamp_millis(r.at_unix_ms as i64)
+            .map(|t| t.format("%Y-%m-%dT%H").to_string())
             .unwrap_or_default();
         let usage = r.usage.unwrap_or_default();
         let levels = [("virtual_key", &r.virtual_key), ("user", &r.user), ("team", &r.team), ("customer", &r.customer)];
         for (level, id) in levels {
             let Some(id) = id else { continue };
-            let row = self.rows.entry((level, id.clone(), day.clone(), model.clone())).or_insert_with(|| {
+            let row = self.rows.entry((level, id.clone(), hour.clone(), model.clone())).or_insert_with(|| {
                 crate::store::UsageRow {
                     level: level.to_string(),
                     entity_id: id.to_string(),
-                    day: day.clone(),
+                    period: hour.clone(),
                     model: model.clone(),
                     ..Default::default()
                 }

@@ -22,6 +22,8 @@ use crate::providers::openai::StreamFilter;
 pub enum GatewayBody {
     Full(Option<Bytes>),
     Stream(Box<StreamBody>),
+    /// Chunks the control plane produces as it goes (exports).
+    Channel(tokio::sync::mpsc::Receiver<Bytes>),
 }
 
 impl GatewayBody {
@@ -38,6 +40,7 @@ impl Body for GatewayBody {
         match self.get_mut() {
             GatewayBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             GatewayBody::Stream(s) => Pin::new(&mut **s).poll_frame(cx),
+            GatewayBody::Channel(rx) => rx.poll_recv(cx).map(|chunk| chunk.map(|b| Ok(Frame::data(b)))),
         }
     }
 
@@ -49,7 +52,7 @@ impl Body for GatewayBody {
         match self {
             GatewayBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             GatewayBody::Full(None) => SizeHint::with_exact(0),
-            GatewayBody::Stream(_) => SizeHint::default(),
+            GatewayBody::Stream(_) | GatewayBody::Channel(_) => SizeHint::default(),
         }
     }
 }

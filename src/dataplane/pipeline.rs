@@ -22,7 +22,7 @@ use crate::config::Unpriced;
 use crate::error::GatewayError;
 use crate::governance::admit::{Admission, Headroom};
 use crate::governance::{access, clock, cost};
-use crate::handoff::ControlRequest;
+use crate::handoff::{ControlBody, ControlRequest};
 use crate::metrics::RouteLabel;
 use crate::providers::route::{self, Target};
 use crate::providers::{anthropic, openai};
@@ -216,7 +216,10 @@ async fn control(core: &Rc<CoreCtx>, peer: SocketAddr, req: Request<Incoming>) -
         .send(request)
         .map_err(|_| GatewayError::Unavailable("the control plane is not running".into()))?;
     match monoio::time::timeout(CONTROL_TIMEOUT, answer).await {
-        Ok(Ok(resp)) => Ok(resp.map(GatewayBody::full)),
+        Ok(Ok(resp)) => Ok(resp.map(|b| match b {
+            ControlBody::Full(bytes) => GatewayBody::full(bytes),
+            ControlBody::Stream(chunks) => GatewayBody::Channel(chunks),
+        })),
         Ok(Err(_)) => Err(GatewayError::Unavailable("the control plane dropped the request".into())),
         Err(_) => Err(GatewayError::Unavailable("the control plane did not answer in time".into())),
     }

@@ -39,13 +39,14 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (kind, id));
 ",
     "
-    CREATE TABLE usage_daily (
-        level TEXT NOT NULL, entity_id TEXT NOT NULL, day TEXT NOT NULL, model TEXT NOT NULL,
+    CREATE TABLE usage_hourly (
+        level TEXT NOT NULL, entity_id TEXT NOT NULL, hour TEXT NOT NULL, model TEXT NOT NULL,
         requests INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
         cost_micros INTEGER NOT NULL,
-        PRIMARY KEY (level, entity_id, day, model));
+        PRIMARY KEY (level, entity_id, hour, model));
 ",
     audit::MIGRATION,
+    audit::CHECKPOINT_MIGRATION,
 ];
 
 pub struct Store {
@@ -208,13 +209,13 @@ impl Store {
     }
 }
 
-/// Requests, tokens and spend of one entity on one UTC day with one model.
+/// Requests, tokens and spend of one entity in one UTC hour (or, read back, one day) with one model.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UsageRow {
     pub level: String,
     pub entity_id: String,
-    /// `YYYY-MM-DD`, UTC.
-    pub day: String,
+    /// `YYYY-MM-DDTHH` (UTC) when written; `YYYY-MM-DD` when read back by day.
+    pub period: String,
     pub model: String,
     pub requests: u64,
     pub prompt_tokens: u64,
@@ -228,8 +229,8 @@ impl Store {
         let tx = self.conn.transaction()?;
         {
             let mut up = tx.prepare_cached(
-                "INSERT INTO usage_daily VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                 ON CONFLICT (level, entity_id, day, model) DO UPDATE SET
+                "INSERT INTO usage_hourly VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (level, entity_id, hour, model) DO UPDATE SET
                  requests = requests + ?5, prompt_tokens = prompt_tokens + ?6,
                  completion_tokens = completion_tokens + ?7, cost_micros = cost_micros + ?8",
             )?;
@@ -237,7 +238,7 @@ impl Store {
                 up.execute(params![
                     r.level,
                     r.entity_id,
-                    r.day,
+                    r.period,
                     r.model,
                     r.requests as i64,
                     r.prompt_tokens as i64,
@@ -250,18 +251,20 @@ impl Store {
         Ok(())
     }
 
-    /// One entity's usage between two days (inclusive), by day then model.
+    /// One entity's usage between two days (inclusive), summed by day then model.
     pub fn usage(&self, level: &str, id: &str, from: &str, to: &str) -> Result<Vec<UsageRow>, StoreError> {
         let mut q = self.conn.prepare_cached(
-            "SELECT day, model, requests, prompt_tokens, completion_tokens, cost_micros FROM usage_daily
-             WHERE level = ?1 AND entity_id = ?2 AND day >= ?3 AND day <= ?4 ORDER BY day, model",
+            "SELECT substr(hour, 1, 10) AS day, model, sum(requests), sum(prompt_tokens), sum(completion_tokens),
+             sum(cost_micros) FROM usage_hourly
+             WHERE level = ?1 AND entity_id = ?2 AND hour >= ?3 AND hour < ?4 || 'U'
+             GROUP BY day, model ORDER BY day, model",
         )?;
         let rows = q.query_map(params![level, id, from, to], |r| {
             let n = |i: usize| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
             Ok(UsageRow {
                 level: level.to_string(),
                 entity_id: id.to_string(),
-                day: r.get(0)?,
+                period: r.get(0)?,
                 model: r.get(1)?,
                 requests: n(2)?,
                 prompt_tokens: n(3)?,

@@ -219,3 +219,44 @@ async fn a_tiny_ring_spills_and_the_trail_still_has_every_record() {
     assert!(gw.metric("heimdall_audit_spilled_total").await > 0.0);
     assert_eq!(wait_for(&gw, "", 40).await.len(), 40);
 }
+
+#[tokio::test]
+async fn exports_come_as_json_lines_and_csv_and_are_themselves_recorded() {
+    let (mock, _d) = mock(&[]);
+    let gw = gateway(&audit_config(&mock.addr));
+    for _ in 0..4 {
+        post(&gw.url("/v1/chat/completions"), Some(KEY), &chat_body("gpt-4o-mini", "x")).await;
+    }
+    post(&gw.url("/v1/chat/completions"), None, &chat_body("gpt-4o-mini", "x")).await;
+    wait_for(&gw, "", 5).await;
+    let get = |q: &str| {
+        let url = gw.url(&format!("/api/enterprise/audit/export?{q}"));
+        async move { client().get(url).bearer_auth(ADMIN).send().await.unwrap() }
+    };
+    let r = get("format=jsonl&type=api_request").await;
+    assert_eq!(r.headers()["content-type"], "application/x-ndjson");
+    let text = r.text().await.unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 4);
+    assert!(lines.iter().all(|l| l["type"] == "api_request" && l["hash"].as_str().unwrap().len() == 64));
+
+    let r = get("format=csv").await;
+    assert_eq!(r.headers()["content-type"], "text/csv; charset=utf-8");
+    let body = r.text().await.unwrap();
+    let mut reader = csv::Reader::from_reader(body.as_bytes());
+    assert_eq!(reader.headers().unwrap().get(4), Some("type"));
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    // 5 requests plus the data_export of the first export.
+    assert!(rows.len() >= 5, "{body}");
+    assert!(rows.iter().any(|r| r.get(4) == Some("invalid_credential")));
+    let details: Value = serde_json::from_str(rows[rows.len() - 1].get(16).unwrap()).unwrap();
+    assert!(details.is_object());
+
+    let exports = wait_for(&gw, "&type=data_export", 2).await;
+    let jsonl = exports.iter().find(|e| e["details"]["format"] == "jsonl").unwrap();
+    assert_eq!((jsonl["details"]["rows"].as_u64(), jsonl["actor_type"].as_str()), (Some(4), Some("admin_token")));
+    let r = get("format=xml").await;
+    expect_error(r, 400, "invalid_request").await;
+    let r = client().get(gw.url("/api/enterprise/audit/export")).send().await.unwrap();
+    expect_error(r, 401, "authentication_required").await;
+}

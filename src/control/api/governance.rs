@@ -438,7 +438,7 @@ async fn usage(api: &Api, req: &ControlRequest, kind: Kind, id: &str) -> ApiResu
             completion += r.completion_tokens;
             cost += r.cost_micros;
             json!({
-                "day": r.day, "model": r.model, "requests": r.requests, "prompt_tokens": r.prompt_tokens,
+                "day": r.period, "model": r.model, "requests": r.requests, "prompt_tokens": r.prompt_tokens,
                 "completion_tokens": r.completion_tokens, "cost_usd": r.cost_micros as f64 / 1e6,
             })
         })

@@ -12,7 +12,7 @@ use http::{HeaderValue, StatusCode, header};
 
 use super::catalog::Catalog;
 use crate::error::GatewayError;
-use crate::handoff::ControlRequest;
+use crate::handoff::{ControlBody, ControlRequest};
 use crate::state::Shared;
 use crate::store::Store;
 
@@ -32,8 +32,15 @@ pub type ApiResult = Result<http::Response<Bytes>, GatewayError>;
 
 impl Api {
     /// Answers one handed-over request.
-    pub async fn handle(&self, req: &ControlRequest) -> http::Response<Bytes> {
-        self.route(req).await.unwrap_or_else(|e| e.to_http())
+    pub async fn handle(&self, req: &ControlRequest) -> http::Response<ControlBody> {
+        let segments: Vec<&str> = req.uri.path().trim_end_matches('/').split('/').skip(1).collect();
+        if req.method == http::Method::GET && segments == ["api", "enterprise", "audit", "export"] {
+            return match self.authorize_admin(req) {
+                Ok(()) => audit::export(self, req).unwrap_or_else(|e| e.to_http().map(ControlBody::Full)),
+                Err(e) => e.to_http().map(ControlBody::Full),
+            };
+        }
+        self.route(req).await.unwrap_or_else(|e| e.to_http()).map(ControlBody::Full)
     }
 
     async fn route(&self, req: &ControlRequest) -> ApiResult {
