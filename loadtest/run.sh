@@ -16,6 +16,7 @@
 #                  connection count, and the report shows each row's median over the rounds
 #                  (interleaving keeps a slow phase of a shared VM from favouring one target)
 #   WORKERS [2]    worker count of mock, nginx and Heimdall
+#   AUDIT [true]   false runs Heimdall with audit persistence off, to measure what the trail costs
 #   MOCK_PORT [19000] NGINX_PORT [19001] HEIMDALL_PORT [19002]
 #   VK [vk-loadtest-key]  virtual key sent by wrk
 #   OUT [target/loadtest]  where raw outputs go
@@ -29,6 +30,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 DURATION=${DURATION:-10}
+AUDIT=${AUDIT:-true}
 ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-"1 10 50"}
 WORKERS=${WORKERS:-2}
@@ -298,6 +300,9 @@ require_virtual_key = true
 
 [storage]
 path = "$TMP/heimdall.db"
+
+[audit]
+enabled = $AUDIT
 
 [[providers]]
 name = "openai"

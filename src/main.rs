@@ -120,6 +120,7 @@ fn serve(config_path: PathBuf) -> anyhow::Result<()> {
         checkpoint_interval: loaded.config.storage.checkpoint_interval,
         hmac_key,
         retention_days: loaded.config.audit.retention_days,
+        audit_enabled: loaded.config.audit.enabled,
         cores_stopped: cores_stopped_rx,
     })?;
     let opts = dataplane::ServeOptions {

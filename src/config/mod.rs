@@ -94,6 +94,9 @@ impl Default for StorageConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
+    /// `false` stops writing the trail (records still feed usage rollups): for measuring its cost,
+    /// not for production.
+    pub enabled: bool,
     /// Slots in each core's request-record ring; a full ring spills to an overflow queue (counted).
     pub ring_capacity: usize,
     /// How often the control plane drains the rings.
@@ -109,7 +112,13 @@ pub struct AuditConfig {
 
 impl Default for AuditConfig {
     fn default() -> Self {
-        Self { ring_capacity: 16384, flush_interval: Duration::from_millis(50), hmac_key: None, retention_days: None }
+        Self {
+            enabled: true,
+            ring_capacity: 16384,
+            flush_interval: Duration::from_millis(50),
+            hmac_key: None,
+            retention_days: None,
+        }
     }
 }
 

@@ -37,6 +37,8 @@ pub struct ControlParts {
     /// Signs the audit chain (HMAC-SHA256) when set.
     pub hmac_key: Option<Arc<[u8]>>,
     pub retention_days: Option<u32>,
+    /// `audit.enabled`: write the trail.
+    pub audit_enabled: bool,
 }
 
 /// Starts the thread. Returns once its signal handlers are installed, so a SIGTERM sent right
@@ -68,6 +70,7 @@ async fn run(parts: ControlParts, ready: std::sync::mpsc::Sender<Result<(), Stri
         checkpoint_interval,
         hmac_key,
         retention_days,
+        audit_enabled,
     } = parts;
     let signals = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()));
     let (mut term, mut int, hup) = match signals {
@@ -100,6 +103,7 @@ async fn run(parts: ControlParts, ready: std::sync::mpsc::Sender<Result<(), Stri
         events: audit_rx,
         store: store.clone(),
         hmac_key,
+        enabled: audit_enabled,
     };
     let mut checkpoints = tokio::time::interval(checkpoint_interval);
     checkpoints.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -190,6 +194,7 @@ struct Drainer {
     events: mpsc::UnboundedReceiver<AuditEvent>,
     store: Arc<std::sync::Mutex<crate::store::Store>>,
     hmac_key: Option<Arc<[u8]>>,
+    enabled: bool,
 }
 
 impl Drainer {
@@ -198,14 +203,17 @@ impl Drainer {
         for ring in self.rings.iter_mut() {
             ring.drain_into(&mut self.batch);
         }
-        let mut events: Vec<AuditEvent> = self.batch.iter().map(AuditEvent::from_request).collect();
+        let mut events: Vec<AuditEvent> =
+            if self.enabled { self.batch.iter().map(AuditEvent::from_request).collect() } else { Vec::new() };
         for r in &self.batch {
             self.usage.add(r);
         }
         let from_rings = self.batch.len() as u64;
         self.batch.clear();
         while let Ok(e) = self.events.try_recv() {
-            events.push(e);
+            if self.enabled {
+                events.push(e);
+            }
         }
         if events.is_empty() {
             return;

@@ -8,7 +8,7 @@ use crate::audit::event::{AuditEvent, link};
 
 pub(super) const MIGRATION: &str = "
     CREATE TABLE audit_events (
-        seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, ts INTEGER NOT NULL,
+        seq INTEGER PRIMARY KEY, id TEXT NOT NULL, ts INTEGER NOT NULL,
         category TEXT NOT NULL, type TEXT NOT NULL, outcome TEXT NOT NULL,
         actor_type TEXT NOT NULL, actor_id TEXT, client_ip TEXT, target_type TEXT, target_id TEXT,
         customer_id TEXT, team_id TEXT, user_id TEXT, virtual_key_id TEXT, request_id TEXT,
@@ -19,7 +19,6 @@ pub(super) const MIGRATION: &str = "
     CREATE INDEX audit_team ON audit_events (team_id, seq);
     CREATE INDEX audit_customer ON audit_events (customer_id, seq);
     CREATE INDEX audit_key ON audit_events (virtual_key_id, seq);
-    CREATE INDEX audit_outcome ON audit_events (outcome, seq);
 ";
 
 /// Where the chain starts after retention removed its oldest part: the last removed record.
