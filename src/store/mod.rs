@@ -84,8 +84,9 @@ impl Store {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        // 64 MiB of page cache: the audit indexes stay in memory while batches land.
-        conn.pragma_update(None, "cache_size", -65536)?;
+        // 16 MiB of page cache: the hot part of the audit indexes stays in memory while batches
+        // land, without the gateway outgrowing its memory budget.
+        conn.pragma_update(None, "cache_size", -16384)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let mut store = Store { conn };
         store.migrate()?;
