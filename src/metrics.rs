@@ -139,6 +139,8 @@ pub struct Metrics {
     pub reloads_failed: AtomicU64,
     /// Records the control plane took out of the rings and spill queues.
     pub audit_drained: AtomicU64,
+    /// Records given up after the store refused them for longer than the retry buffer holds.
+    pub audit_write_dropped: AtomicU64,
     pub config_version: AtomicU64,
 }
 
@@ -149,6 +151,7 @@ impl Metrics {
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             audit_drained: AtomicU64::new(0),
+            audit_write_dropped: AtomicU64::new(0),
             config_version: AtomicU64::new(0),
         }
     }
@@ -247,6 +250,12 @@ impl Metrics {
             "heimdall_audit_spilled_total",
             "Audit records that found their core's ring full and went to the overflow queue.",
             self.sum(|c| c.audit_spilled.load(Relaxed)),
+        )?;
+        counter(
+            o,
+            "heimdall_audit_write_dropped_total",
+            "Audit records given up because the store refused them past the retry buffer.",
+            self.audit_write_dropped.load(Relaxed),
         )?;
         counter(o, "heimdall_config_reloads_total", "Config reloads published.", self.reloads_ok.load(Relaxed))?;
         counter(

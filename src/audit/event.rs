@@ -85,7 +85,7 @@ impl AuditEvent {
     /// One data-plane request, classified by how it ended.
     pub fn from_request(r: &RequestRecord) -> Self {
         let (category, r#type, denied) = match r.error_type {
-            Some("request_limited" | "token_limited") => ("usage", "rate_limit_violation", true),
+            Some("rate_limited" | "request_limited" | "token_limited") => ("usage", "rate_limit_violation", true),
             Some("budget_exceeded") => ("usage", "budget_exceeded", true),
             Some("model_blocked" | "provider_blocked") => ("usage", "model_denied", true),
             Some("virtual_key_not_found" | "virtual_key_blocked" | "authentication_required" | "invalid_token") => {

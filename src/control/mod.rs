@@ -104,6 +104,7 @@ async fn run(parts: ControlParts, ready: std::sync::mpsc::Sender<Result<(), Stri
         store: store.clone(),
         hmac_key,
         enabled: audit_enabled,
+        unwritten: Vec::new(),
     };
     let mut checkpoints = tokio::time::interval(checkpoint_interval);
     checkpoints.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -195,7 +196,14 @@ struct Drainer {
     store: Arc<std::sync::Mutex<crate::store::Store>>,
     hmac_key: Option<Arc<[u8]>>,
     enabled: bool,
+    /// Records the store refused (disk full, locked file): retried first on the next flush, so a
+    /// passing store failure delays the trail instead of cutting a hole in it.
+    unwritten: Vec<AuditEvent>,
 }
+
+/// Refused records kept for retry; beyond this the oldest are given up (and counted), so a store
+/// that never recovers cannot grow the control plane without bound.
+const MAX_UNWRITTEN: usize = 1_000_000;
 
 impl Drainer {
     async fn flush(&mut self) {
@@ -203,8 +211,10 @@ impl Drainer {
         for ring in self.rings.iter_mut() {
             ring.drain_into(&mut self.batch);
         }
-        let mut events: Vec<AuditEvent> =
-            if self.enabled { self.batch.iter().map(AuditEvent::from_request).collect() } else { Vec::new() };
+        let mut events = std::mem::take(&mut self.unwritten);
+        if self.enabled {
+            events.extend(self.batch.iter().map(AuditEvent::from_request));
+        }
         for r in &self.batch {
             self.usage.add(r);
         }
@@ -224,13 +234,22 @@ impl Drainer {
                 Ok(s) => s,
                 Err(poisoned) => poisoned.into_inner(),
             };
-            store.append_audit(&events, key.as_deref())
+            let result = store.append_audit(&events, key.as_deref());
+            (events, result)
         })
         .await;
         match written {
-            Ok(Ok(())) => {}
-            // The store refused: say so loudly; the records of this batch are lost to the trail.
-            Ok(Err(e)) => tracing::error!("audit batch not written: {e}"),
+            Ok((_, Ok(()))) => {}
+            // The batch's transaction rolled back as a whole: keep it and try again next flush.
+            Ok((mut events, Err(e))) => {
+                tracing::error!(records = events.len(), "audit batch not written, will retry: {e}");
+                if events.len() > MAX_UNWRITTEN {
+                    let dropped = events.len() - MAX_UNWRITTEN;
+                    events.drain(..dropped);
+                    self.shared.metrics.audit_write_dropped.fetch_add(dropped as u64, Relaxed);
+                }
+                self.unwritten = events;
+            }
             Err(e) => tracing::error!("audit writer task failed: {e}"),
         }
         self.shared.metrics.audit_drained.fetch_add(from_rings, Relaxed);

@@ -260,3 +260,41 @@ async fn exports_come_as_json_lines_and_csv_and_are_themselves_recorded() {
     let r = client().get(gw.url("/api/enterprise/audit/export")).send().await.unwrap();
     expect_error(r, 401, "authentication_required").await;
 }
+
+#[tokio::test]
+async fn a_batch_the_store_refuses_is_written_on_a_later_flush() {
+    let (mock, _d) = mock(&[]);
+    let gw = gateway(&audit_config(&mock.addr));
+    let db = gw.config_path.with_file_name("heimdall.db");
+    // Another writer holds SQLite's write lock past the store's 5 s busy timeout: the batch fails.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    for _ in 0..5 {
+        assert_eq!(
+            post(&gw.url("/v1/chat/completions"), Some(KEY), &chat_body("gpt-4o-mini", "x")).await.status(),
+            200
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(6_000)).await;
+    conn.execute_batch("COMMIT").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let stored = loop {
+        let n: i64 = conn.query_row("SELECT count(*) FROM audit_events", [], |r| r.get(0)).unwrap();
+        if n >= 5 || std::time::Instant::now() > deadline {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(stored, 5, "{}", gw.proc.stderr());
+    assert!(gw.proc.stderr().contains("will retry"), "the first attempt did not fail: {}", gw.proc.stderr());
+    let v: Value = client()
+        .get(gw.url("/api/enterprise/audit/verify"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!((v["ok"].as_bool(), v["checked"].as_u64()), (Some(true), Some(5)), "{v}");
+}
