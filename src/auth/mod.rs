@@ -1,6 +1,8 @@
 //! Credentials → principal: finds the caller's credential in the headers and resolves it against
 //! the snapshot (virtual keys by SHA-256). Plain functions: no sockets, no runtime, no store.
 
+pub mod jwt;
+
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
 
