@@ -46,7 +46,7 @@ fn benches(c: &mut Criterion) {
     let now = heimdall::governance::clock::now();
     c.bench_function("admit + settle, 4-level chain, budget and limit at every level", |b| {
         b.iter(|| {
-            let a = admit(snap.clone(), black_box(0), black_box(2_500), now).unwrap();
+            let a = admit(snap.clone(), black_box(heimdall::auth::ChainRef::Key(0)), black_box(2_500), now).unwrap();
             a.settle(black_box(1_200), black_box(300));
         })
     });

@@ -55,13 +55,67 @@ fn small_body() -> Bytes {
     Bytes::from(serde_json::to_vec(&body).unwrap())
 }
 
+const NOW: u64 = 1_800_000_000;
+
+/// A snapshot with one identity provider (the unit tests' key) and one SSO user, and a token of theirs.
+fn sso_snapshot() -> (Snapshot, String) {
+    let text = r#"
+[[governance.users]]
+id = "alice"
+external_id = "idp:alice"
+
+[[identity.providers]]
+name = "idp"
+kind = "okta"
+issuer = "https://idp.example.test/oauth2/default"
+client_id = "gateway"
+audience = "api://default"
+role_map = { "gw-admins" = "admin" }
+require_mfa = ["admin"]
+"#;
+    let mut jwks = heimdall::snapshot::JwksCache::default();
+    jwks.insert("idp".into(), std::sync::Arc::from(&include_bytes!("../src/auth/testdata/jwks.json")[..]));
+    let loaded = config::parse(Path::new("bench.toml"), text).unwrap();
+    let snap = Snapshot::build_with_keys(&loaded, 1, &Default::default(), &jwks).unwrap();
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    h.kid = Some("test-key-1".into());
+    let claims = serde_json::json!({
+        "iss": "https://idp.example.test/oauth2/default", "aud": "api://default", "sub": "alice",
+        "exp": NOW + 3600, "groups": ["gw-admins", "team-alpha"], "amr": ["pwd", "mfa"],
+    });
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(include_bytes!("../src/auth/testdata/rsa_private.pem")).unwrap();
+    (snap, jsonwebtoken::encode(&h, &claims, &key).unwrap())
+}
+
+fn jwt_benches(c: &mut Criterion) {
+    let (snap, token) = sso_snapshot();
+    let mut headers = HeaderMap::new();
+    headers.insert("authorization", HeaderValue::from_str(&format!("Bearer {token}")).unwrap());
+    c.bench_function("authenticate (JWT, RS256 verified, no cache)", |b| {
+        b.iter(|| {
+            let mut fresh = auth::TokenCache::default();
+            auth::authenticate(&snap, black_box(&headers), &mut fresh, NOW).unwrap().user().map(|u| u.id.len())
+        })
+    });
+    let mut tokens = auth::TokenCache::default();
+    c.bench_function("authenticate (JWT, per-core cache hit)", |b| {
+        b.iter(|| auth::authenticate(&snap, black_box(&headers), &mut tokens, NOW).unwrap().user().map(|u| u.id.len()))
+    });
+}
+
 fn benches(c: &mut Criterion) {
     let snap = snapshot(10_000);
     let mut headers = HeaderMap::new();
     headers.insert("authorization", HeaderValue::from_static("Bearer vk-value-4242"));
+    let mut tokens = auth::TokenCache::default();
 
     c.bench_function("authenticate (bearer header, sha-256, 10k keys)", |b| {
-        b.iter(|| auth::authenticate(black_box(&snap), black_box(&headers)).unwrap().virtual_key().map(|k| k.id.len()))
+        b.iter(|| {
+            auth::authenticate(black_box(&snap), black_box(&headers), &mut tokens, NOW)
+                .unwrap()
+                .virtual_key()
+                .map(|k| k.id.len())
+        })
     });
 
     let body = small_body();
@@ -74,7 +128,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| route::resolve(&snap, black_box("anthropic/claude-3-5-sonnet-20241022")).unwrap().provider_index)
     });
 
-    let principal = auth::authenticate(&snap, &headers).unwrap();
+    let principal = auth::authenticate(&snap, &headers, &mut tokens, NOW).unwrap();
     let target = route::resolve(&snap, "gpt-4o").unwrap();
     c.bench_function("authorize (allow-list with provider/*)", |b| {
         b.iter(|| access::authorize(&snap, black_box(&principal), black_box(&target)).is_ok())
@@ -90,7 +144,7 @@ fn benches(c: &mut Criterion) {
 
     c.bench_function("whole hot path: authenticate + peek + resolve + authorize", |b| {
         b.iter(|| {
-            let p = auth::authenticate(&snap, black_box(&headers)).unwrap();
+            let p = auth::authenticate(&snap, black_box(&headers), &mut tokens, NOW).unwrap();
             let peek = openai::peek(black_box(&body)).unwrap();
             let t = route::resolve(&snap, &peek.model).unwrap();
             access::authorize(&snap, &p, &t).unwrap();
@@ -99,5 +153,5 @@ fn benches(c: &mut Criterion) {
     });
 }
 
-criterion_group!(hot_path, benches);
+criterion_group!(hot_path, benches, jwt_benches);
 criterion_main!(hot_path);

@@ -13,6 +13,8 @@ pub enum GatewayError {
         "a credential is required: send a virtual key as `Authorization: Bearer …`, `x-bf-vk`, `x-api-key` or `api-key`"
     )]
     AuthenticationRequired,
+    #[error("SSO authentication required: this key belongs to a user, who must send their SSO access token")]
+    SsoRequired,
     #[error("{0}")]
     InvalidToken(String),
     #[error("this role requires multi-factor authentication; sign in again with MFA")]
@@ -68,7 +70,7 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             InvalidRequest(_) => StatusCode::BAD_REQUEST,
-            AuthenticationRequired | InvalidToken(_) | MfaRequired => StatusCode::UNAUTHORIZED,
+            AuthenticationRequired | SsoRequired | InvalidToken(_) | MfaRequired => StatusCode::UNAUTHORIZED,
             BudgetExceeded { .. } => StatusCode::PAYMENT_REQUIRED,
             VirtualKeyNotFound
             | VirtualKeyBlocked(_)
@@ -97,7 +99,7 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             InvalidRequest(_) => "invalid_request",
-            AuthenticationRequired => "authentication_required",
+            AuthenticationRequired | SsoRequired => "authentication_required",
             InvalidToken(_) => "invalid_token",
             MfaRequired => "mfa_required",
             BudgetExceeded { .. } => "budget_exceeded",

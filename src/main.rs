@@ -92,6 +92,7 @@ fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let (ring_tx, ring_rx) = audit::rings(workers, loaded.config.audit.ring_capacity);
     let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel();
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let (jwks_refresh_tx, jwks_refresh_rx) = tokio::sync::mpsc::unbounded_channel();
     let metrics = Metrics::new(workers);
     metrics.config_version.store(1, std::sync::atomic::Ordering::Relaxed);
     let shared = Arc::new(Shared {
@@ -99,6 +100,8 @@ fn serve(config_path: PathBuf) -> anyhow::Result<()> {
         metrics,
         counters,
         control_tx,
+        jwks_refresh: jwks_refresh_tx,
+        jwks: Default::default(),
         shutdown: shutdown_rx,
     });
     let (cores_stopped_tx, cores_stopped_rx) = tokio::sync::oneshot::channel();
@@ -122,6 +125,7 @@ fn serve(config_path: PathBuf) -> anyhow::Result<()> {
         retention_days: loaded.config.audit.retention_days,
         audit_enabled: loaded.config.audit.enabled,
         cores_stopped: cores_stopped_rx,
+        jwks_refresh: jwks_refresh_rx,
     })?;
     let opts = dataplane::ServeOptions {
         listen: server.listen.parse()?,

@@ -29,9 +29,66 @@ pub struct Snapshot {
     pub entities: Vec<Entity>,
     pub unpriced: Unpriced,
     pub pricing: FxHashMap<String, Price>,
+    /// Bearer-token issuers, their claim rules, and the users they may name.
+    pub identity: Identity,
     /// The file as parsed, for the control plane's later consumers (management API, reports).
     pub config: Arc<FileConfig>,
 }
+
+/// Single sign-on as the data plane sees it: who may issue bearer tokens and whom they name.
+#[derive(Debug, Default)]
+pub struct Identity {
+    /// `identity.require_sso`: keys owned by a user are refused without that user's token.
+    pub require_sso: bool,
+    /// One per identity provider with an `audience` (only those are accepted on `/v1`).
+    pub issuers: Vec<crate::auth::jwt::TokenIssuer>,
+    /// Parallel to `issuers`.
+    pub rules: Vec<IdpRules>,
+    /// `PROVIDER:SUBJECT` → index into `users`.
+    users_by_external: FxHashMap<String, usize>,
+    pub users: Vec<SsoUser>,
+}
+
+/// How one provider's claims become a role, and which roles must show MFA.
+#[derive(Debug)]
+pub struct IdpRules {
+    pub provider: String,
+    pub kind: crate::config::IdpKind,
+    pub roles_claim: String,
+    pub role_map: FxHashMap<String, crate::auth::Role>,
+    /// `None`: tokens that map to no role are refused (`default_role = "deny"`, the default).
+    pub default_role: Option<crate::auth::Role>,
+    pub require_mfa: Vec<crate::auth::Role>,
+    pub mfa: crate::auth::jwt::MfaEvidence,
+    /// Entra multi-tenant: the `tid` values accepted (empty = any).
+    pub tenants: Vec<String>,
+}
+
+/// A user who can call `/v1` with a bearer token, with the chain the request is charged to:
+/// user → first team → that team's customer (DESIGN.md §3).
+#[derive(Debug)]
+pub struct SsoUser {
+    /// Position in `Identity::users`.
+    pub index: usize,
+    pub id: Arc<str>,
+    pub team: Option<Arc<str>>,
+    pub customer: Option<Arc<str>>,
+    pub chain: Vec<usize>,
+}
+
+impl Identity {
+    pub fn user(&self, provider: &str, subject: &str) -> Option<&SsoUser> {
+        let mut key = String::with_capacity(provider.len() + subject.len() + 1);
+        key.push_str(provider);
+        key.push(':');
+        key.push_str(subject);
+        self.users_by_external.get(&key).map(|&i| &self.users[i])
+    }
+}
+
+/// The JWKS documents last fetched, by identity provider name. Kept by the control plane and
+/// handed to every snapshot build, so a reload never drops the keys.
+pub type JwksCache = FxHashMap<String, Arc<[u8]>>;
 
 #[derive(Debug)]
 pub struct ServerSettings {
@@ -184,6 +241,16 @@ pub struct BuildError(String);
 impl Snapshot {
     /// Builds the lookups. Runs on the control plane (it may resolve DNS, which blocks).
     pub fn build(loaded: &LoadedConfig, version: u64, counters: &CounterRegistry) -> Result<Self, BuildError> {
+        Self::build_with_keys(loaded, version, counters, &JwksCache::default())
+    }
+
+    /// `build`, with the identity providers' signing keys as last fetched.
+    pub fn build_with_keys(
+        loaded: &LoadedConfig,
+        version: u64,
+        counters: &CounterRegistry,
+        jwks: &JwksCache,
+    ) -> Result<Self, BuildError> {
         let c = &loaded.config;
         let mut providers = Vec::with_capacity(c.providers.len());
         let mut provider_by_name = FxHashMap::default();
@@ -282,6 +349,29 @@ impl Snapshot {
             let i = add(Level::User, &e.id, &e.budgets, &e.rate_limits, &e.allowed_models, &e.allowed_providers);
             user_at.insert(e.id.as_str(), (i, e.teams.first().map(String::as_str)));
         }
+        let mut identity = build_identity(c, jwks)?;
+        for e in g.users.iter().filter(|u| u.external_id.is_some()) {
+            let Some(&(u, first_team)) = user_at.get(e.id.as_str()) else { continue };
+            let mut chain = vec![u];
+            let team = first_team.and_then(|t| team_at.get(t).copied());
+            if let Some((t, _)) = team {
+                chain.push(t);
+            }
+            let customer = team.and_then(|(_, c)| c);
+            if let Some(cu) = customer.and_then(|c| customer_at.get(c)) {
+                chain.push(*cu);
+            }
+            if let Some(ext) = &e.external_id {
+                identity.users_by_external.insert(ext.clone(), identity.users.len());
+            }
+            identity.users.push(SsoUser {
+                index: identity.users.len(),
+                id: e.id.as_str().into(),
+                team: first_team.map(Into::into),
+                customer: customer.map(Into::into),
+                chain,
+            });
+        }
 
         let mut virtual_keys = Vec::with_capacity(g.virtual_keys.len());
         let mut keys_by_hash = FxHashMap::default();
@@ -368,6 +458,7 @@ impl Snapshot {
             entities,
             unpriced: c.governance.unpriced,
             pricing,
+            identity,
             config: Arc::new(c.clone()),
         })
     }
@@ -443,6 +534,44 @@ fn tls_client_config(ca_file: Option<&str>) -> Result<Arc<rustls::ClientConfig>,
     let mut cfg = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
+}
+
+/// Issuers and claim rules of every identity provider that accepts bearer tokens (has an `audience`).
+fn build_identity(c: &FileConfig, jwks: &JwksCache) -> Result<Identity, BuildError> {
+    use crate::auth::Role;
+    use crate::auth::jwt::{MfaEvidence, TokenIssuer, parse_algorithm};
+    use crate::config::IdpKind;
+    let mut identity = Identity { require_sso: c.identity.require_sso, ..Default::default() };
+    for p in &c.identity.providers {
+        let Some(audience) = &p.audience else { continue };
+        let algorithm = parse_algorithm(&p.algorithm)
+            .ok_or_else(|| BuildError(format!("identity provider {}: algorithm {}", p.name, p.algorithm)))?;
+        let mut issuer = TokenIssuer::new(&p.name, &p.issuer, audience, algorithm, p.leeway.as_secs());
+        if let Some(doc) = jwks.get(&p.name)
+            && let Err(e) = issuer.set_jwks(doc)
+        {
+            tracing::warn!(provider = %p.name, "cached JWKS unusable: {e}");
+        }
+        let roles = |names: &[String]| names.iter().filter_map(|r| Role::parse(r)).collect::<Vec<_>>();
+        identity.rules.push(IdpRules {
+            provider: p.name.clone(),
+            kind: p.kind,
+            roles_claim: p
+                .roles_claim
+                .clone()
+                .unwrap_or_else(|| if p.kind == IdpKind::Entra { "roles".into() } else { "groups".into() }),
+            role_map: p.role_map.iter().filter_map(|(k, v)| Some((k.clone(), Role::parse(v)?))).collect(),
+            default_role: p.default_role.as_deref().and_then(Role::parse),
+            require_mfa: roles(&p.require_mfa),
+            mfa: match (p.kind, &p.mfa_acrs) {
+                (IdpKind::Entra, Some(acrs)) => MfaEvidence::EntraAcrs(acrs.clone()),
+                _ => MfaEvidence::Amr,
+            },
+            tenants: p.tenants.clone(),
+        });
+        identity.issuers.push(issuer);
+    }
+    Ok(identity)
 }
 
 #[cfg(test)]

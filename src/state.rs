@@ -18,6 +18,11 @@ pub struct Shared {
     pub counters: Arc<CounterRegistry>,
     /// Paths the data plane does not own go to the control plane through here.
     pub control_tx: tokio::sync::mpsc::UnboundedSender<ControlRequest>,
+    /// Identity providers whose signing keys a core found stale (a token with an unknown `kid`).
+    pub jwks_refresh: tokio::sync::mpsc::UnboundedSender<String>,
+    /// The JWKS documents last fetched, by provider; every snapshot build reads them. Control
+    /// plane only (the data plane reads the keys from the snapshot).
+    pub jwks: std::sync::Mutex<crate::snapshot::JwksCache>,
     /// Flips to true once: stop accepting, finish in-flight requests, exit.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }

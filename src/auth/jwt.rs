@@ -182,6 +182,15 @@ pub fn verify(issuers: &[TokenIssuer], token: &str, now: u64) -> Result<Verified
     Ok(Verified { issuer: index, claims: data.claims })
 }
 
+/// Which issuer a token claims to be from (unverified): to know whose keys to refresh.
+pub fn verify_issuer_only(issuers: &[TokenIssuer], token: &str) -> Result<usize, JwtError> {
+    let iss = jsonwebtoken::dangerous::insecure_decode_claims::<IssOnly>(token)
+        .map_err(|_| JwtError::Malformed)?
+        .iss
+        .unwrap_or_default();
+    issuers.iter().position(|i| i.issuer == iss).ok_or(JwtError::UnknownIssuer(iss))
+}
+
 /// How a provider shows that a sign-in used MFA.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MfaEvidence {

@@ -288,6 +288,10 @@ pub struct UserConfig {
     pub id: String,
     pub name: Option<String>,
     pub email: Option<String>,
+    /// The user's single sign-on identity, `PROVIDER:SUBJECT`: the token's `sub` for Okta and
+    /// generic OIDC, `TID/OID` for Entra. Bearer JWTs on `/v1` are matched to users by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
     #[serde(default)]
     pub teams: Vec<String>,
     #[serde(default)]
@@ -374,6 +378,27 @@ pub struct IdpConfig {
     #[serde(default)]
     pub tenants: Vec<String>,
     pub mfa_acrs: Option<String>,
+    /// The one signature algorithm accepted from this issuer (never taken from the token).
+    #[serde(default = "default_algorithm")]
+    pub algorithm: String,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(default = "default_leeway", deserialize_with = "de_duration")]
+    pub leeway: Duration,
+    /// How often discovery and the JWKS are fetched again (an unknown `kid` also triggers it).
+    #[serde(default = "default_jwks_refresh", deserialize_with = "de_duration")]
+    pub jwks_refresh: Duration,
+}
+
+fn default_algorithm() -> String {
+    "RS256".into()
+}
+
+fn default_leeway() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_jwks_refresh() -> Duration {
+    Duration::from_secs(600)
 }
 
 /// Durations are written as humans do: `300ms`, `30s`, `5m`, `12h`.

@@ -261,6 +261,50 @@ fn identity(c: &FileConfig) -> Result<(), Violation> {
             Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) => {}
             _ => return fail(path!["identity", "providers", i, "issuer"], "must be an http(s) URL"),
         }
+        if crate::auth::jwt::parse_algorithm(&p.algorithm).is_none() {
+            return fail(
+                path!["identity", "providers", i, "algorithm"],
+                format!(
+                    "`{}` is not accepted: one of RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 EdDSA",
+                    p.algorithm
+                ),
+            );
+        }
+        for (claim, role) in &p.role_map {
+            if crate::auth::Role::parse(role).is_none() {
+                return fail(
+                    path!["identity", "providers", i, "role_map", claim.as_str()],
+                    format!("`{role}` is not a role: admin, developer or viewer"),
+                );
+            }
+        }
+        if let Some(d) = &p.default_role
+            && d != "deny"
+            && crate::auth::Role::parse(d).is_none()
+        {
+            return fail(path!["identity", "providers", i, "default_role"], "one of deny, admin, developer, viewer");
+        }
+        for (j, r) in p.require_mfa.iter().enumerate() {
+            if crate::auth::Role::parse(r).is_none() {
+                return fail(path!["identity", "providers", i, "require_mfa", j], format!("`{r}` is not a role"));
+            }
+        }
+    }
+    let mut external = HashSet::new();
+    for (i, u) in c.governance.users.iter().enumerate() {
+        let Some(ext) = &u.external_id else { continue };
+        let at = path!["governance", "users", i, "external_id"];
+        match ext.split_once(':') {
+            Some((provider, subject)) if !subject.is_empty() => {
+                if !names.contains(provider) {
+                    return fail(at, format!("`{provider}` is not an identity provider in [[identity.providers]]"));
+                }
+            }
+            _ => return fail(at, "must read PROVIDER:SUBJECT"),
+        }
+        if !external.insert(ext.as_str()) {
+            return fail(at, format!("`{ext}` is already another user's external_id"));
+        }
     }
     Ok(())
 }

@@ -162,7 +162,11 @@ pub fn merge(file: &LoadedConfig, api: &[ApiEntity]) -> Result<LoadedConfig, Ref
 pub async fn build(shared: &Arc<Shared>, merged: LoadedConfig) -> Result<Snapshot, String> {
     let version = shared.snapshot.load().version + 1;
     let s = shared.clone();
-    tokio::task::spawn_blocking(move || Snapshot::build(&merged, version, &s.counters))
+    let jwks = match shared.jwks.lock() {
+        Ok(j) => j.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    };
+    tokio::task::spawn_blocking(move || Snapshot::build_with_keys(&merged, version, &s.counters, &jwks))
         .await
         .map_err(|e| format!("snapshot build task failed: {e}"))?
         .map_err(|e| e.to_string())

@@ -3,6 +3,7 @@
 
 mod api;
 pub mod catalog;
+mod identity;
 mod reload;
 mod router;
 
@@ -39,6 +40,8 @@ pub struct ControlParts {
     pub retention_days: Option<u32>,
     /// `audit.enabled`: write the trail.
     pub audit_enabled: bool,
+    /// Identity providers whose keys a core wants fetched again.
+    pub jwks_refresh: mpsc::UnboundedReceiver<String>,
 }
 
 /// Starts the thread. Returns once its signal handlers are installed, so a SIGTERM sent right
@@ -71,6 +74,7 @@ async fn run(parts: ControlParts, ready: std::sync::mpsc::Sender<Result<(), Stri
         hmac_key,
         retention_days,
         audit_enabled,
+        jwks_refresh,
     } = parts;
     let signals = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()));
     let (mut term, mut int, hup) = match signals {
@@ -84,6 +88,13 @@ async fn run(parts: ControlParts, ready: std::sync::mpsc::Sender<Result<(), Stri
     let (audit_tx, audit_rx) = mpsc::unbounded_channel();
     let reloader = reload::Reloader::new(shared.clone(), config_path, catalog.clone(), audit_tx.clone());
     let watcher = reloader.watch(hup);
+    let keys = match identity::KeyFetcher::new(shared.clone(), catalog.clone(), audit_tx.clone()) {
+        Ok(f) => f.run(jwks_refresh),
+        Err(e) => {
+            let _ = ready.send(Err(format!("cannot start the identity key fetcher: {e}")));
+            anyhow::bail!("cannot start the identity key fetcher: {e}");
+        }
+    };
     let api = api::Api {
         shared: shared.clone(),
         catalog,
@@ -132,6 +143,7 @@ async fn run(parts: ControlParts, ready: std::sync::mpsc::Sender<Result<(), Stri
         }
     }
     watcher.abort();
+    keys.abort();
     router.abort();
     drainer.flush().await;
     // Every request has settled: this checkpoint holds the exact spend a restart will find.

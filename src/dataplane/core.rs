@@ -32,6 +32,7 @@ pub struct CoreCtx {
     snap: RefCell<SnapCache>,
     pub pool: Pool,
     audit: RefCell<CoreAuditTx>,
+    tokens: RefCell<crate::auth::TokenCache>,
 }
 
 struct SnapCache {
@@ -43,7 +44,14 @@ impl CoreCtx {
     pub fn new(id: usize, shared: Arc<Shared>, audit: CoreAuditTx, pool: Pool) -> Self {
         let mut cache = Cache::new(shared.snapshot.clone());
         let current = SnapRef(Rc::new(cache.load().clone()));
-        Self { id, shared, snap: RefCell::new(SnapCache { cache, current }), pool, audit: RefCell::new(audit) }
+        Self {
+            id,
+            shared,
+            snap: RefCell::new(SnapCache { cache, current }),
+            pool,
+            audit: RefCell::new(audit),
+            tokens: RefCell::new(crate::auth::TokenCache::default()),
+        }
     }
 
     /// The newest published snapshot. One atomic load when nothing changed.
@@ -55,6 +63,22 @@ impl CoreCtx {
             s.current = SnapRef(Rc::new(latest.clone()));
         }
         s.current.clone()
+    }
+
+    /// authenticate, with this core's verified-token cache. A token signed by a key the snapshot
+    /// does not hold yet asks the control plane (without waiting) to fetch the issuer's keys again.
+    pub fn authenticate<'s>(
+        &self,
+        snap: &'s Snapshot,
+        headers: &http::HeaderMap,
+    ) -> Result<crate::auth::Principal<'s>, crate::error::GatewayError> {
+        let mut tokens = self.tokens.borrow_mut();
+        let now = crate::governance::clock::now().max(0) as u64;
+        let result = crate::auth::authenticate(snap, headers, &mut tokens, now);
+        if let Some(provider) = tokens.refresh_wanted.take() {
+            let _ = self.shared.jwks_refresh.send(provider);
+        }
+        result
     }
 
     pub fn metrics(&self) -> &CoreMetrics {

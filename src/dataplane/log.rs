@@ -81,6 +81,10 @@ impl RequestLog {
             self.user = k.user.clone();
             self.team = k.team.clone();
             self.customer = k.customer.clone();
+        } else if let Some(u) = p.user() {
+            self.user = Some(u.id.clone());
+            self.team = u.team.clone();
+            self.customer = u.customer.clone();
         }
     }
 

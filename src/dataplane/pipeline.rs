@@ -16,7 +16,7 @@ use super::core::{CoreCtx, SnapRef};
 use super::forward::{self, Endpoint, Sent};
 use super::log::RequestLog;
 use crate::audit::Outcome;
-use crate::auth::{self, Principal};
+use crate::auth::Principal;
 use crate::config::ProviderKind;
 use crate::config::Unpriced;
 use crate::error::GatewayError;
@@ -113,7 +113,7 @@ fn classify(method: &Method, path: &str) -> Classified {
 /// `POST /v1/chat/completions`, streamed or not.
 async fn chat(core: &Rc<CoreCtx>, log: &mut RequestLog, req: Request<Incoming>) -> Reply {
     let snap = core.snapshot();
-    let principal = auth::authenticate(&snap, req.headers())?;
+    let principal = core.authenticate(&snap, req.headers())?;
     log.principal(&principal);
     let body = read_body(req.into_body(), snap.server.max_body_bytes).await?;
     let peek = openai::peek(&body)?;
@@ -147,7 +147,7 @@ async fn chat(core: &Rc<CoreCtx>, log: &mut RequestLog, req: Request<Incoming>) 
 /// `POST /v1/embeddings` (OpenAI-kind providers only).
 async fn embeddings(core: &Rc<CoreCtx>, log: &mut RequestLog, req: Request<Incoming>) -> Reply {
     let snap = core.snapshot();
-    let principal = auth::authenticate(&snap, req.headers())?;
+    let principal = core.authenticate(&snap, req.headers())?;
     log.principal(&principal);
     let body = read_body(req.into_body(), snap.server.max_body_bytes).await?;
     let peek = openai::peek(&body)?;
@@ -167,7 +167,7 @@ async fn embeddings(core: &Rc<CoreCtx>, log: &mut RequestLog, req: Request<Incom
 /// `GET /v1/models`: what the caller may use, in OpenAI's list shape.
 fn models(core: &Rc<CoreCtx>, log: &mut RequestLog, req: &Request<Incoming>) -> Reply {
     let snap = core.snapshot();
-    let principal = auth::authenticate(&snap, req.headers())?;
+    let principal = core.authenticate(&snap, req.headers())?;
     log.principal(&principal);
     let mut data = Vec::new();
     for (i, p) in snap.providers.iter().enumerate() {
@@ -408,8 +408,8 @@ fn admit(
             None => return Err(GatewayError::UnpricedModel(t.model.to_string())),
         }
     }
-    let Some(key) = principal.virtual_key() else { return Ok(None) };
-    crate::governance::admit::admit(snap.clone(), key.index, reserve, clock::now()).map(Some)
+    let Some(chain) = principal.chain() else { return Ok(None) };
+    crate::governance::admit::admit(snap.clone(), chain, reserve, clock::now()).map(Some)
 }
 
 /// A request that failed before a provider answered cost nothing: its reservation goes back.

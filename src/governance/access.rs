@@ -8,9 +8,9 @@ use crate::snapshot::Snapshot;
 
 /// Refuses a target outside any allow-list on the chain (provider first, then model), naming the level.
 pub fn authorize(snap: &Snapshot, principal: &Principal<'_>, target: &Target<'_, '_>) -> Result<(), GatewayError> {
-    let Some(key) = principal.virtual_key() else { return Ok(()) };
+    let Some(chain) = principal.chain() else { return Ok(()) };
     let provider = &*target.provider.name;
-    for entity in key.chain.iter().map(|&e| &snap.entities[e]) {
+    for entity in snap.chain(chain).iter().map(|&e| &snap.entities[e]) {
         if !entity.allowed_providers.allows(provider) {
             return Err(GatewayError::ProviderBlocked {
                 provider: provider.to_string(),

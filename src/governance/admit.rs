@@ -3,6 +3,7 @@
 
 use std::ops::Deref;
 
+use crate::auth::ChainRef;
 use crate::config::Window;
 use crate::error::GatewayError;
 use crate::governance::counters::slot;
@@ -12,7 +13,7 @@ use crate::snapshot::{Entity, Snapshot};
 /// the request cost nothing; dropped untouched, the reservation stays spent (usage unknown).
 pub struct Admission<S: Deref<Target = Snapshot>> {
     snap: S,
-    key: usize,
+    key: ChainRef,
     reserved: u64,
     now: i64,
     done: bool,
@@ -28,22 +29,22 @@ pub struct Headroom {
     pub budget_remaining: Option<u64>,
 }
 
-fn chain(snap: &Snapshot, key: usize) -> impl Iterator<Item = &Entity> {
-    snap.virtual_keys[key].chain.iter().map(move |&e| &snap.entities[e])
+fn chain(snap: &Snapshot, key: ChainRef) -> impl Iterator<Item = &Entity> {
+    snap.chain(key).iter().map(move |&e| &snap.entities[e])
 }
 
-/// Checks and counts the request at every level of key `key`'s chain, and reserves `reserve`
+/// Checks and counts the request at every level of the chain `key`, and reserves `reserve`
 /// micro-dollars in every budget. On refusal nothing stays counted or reserved.
 pub fn admit<S: Deref<Target = Snapshot>>(
     snap: S,
-    key: usize,
+    key: ChainRef,
     reserve: u64,
     now: i64,
 ) -> Result<Admission<S>, GatewayError> {
     let mut counted: Vec<(usize, Window)> = Vec::new();
     let mut reserved: Vec<(usize, Window)> = Vec::new();
     let result = (|| {
-        for &e in &snap.virtual_keys[key].chain {
+        for &e in snap.chain(key) {
             let entity = &snap.entities[e];
             for r in &entity.rates {
                 if let Some(limit) = r.requests {

@@ -81,6 +81,7 @@ impl Drop for Proc {
 }
 
 pub fn mock(args: &[&str]) -> (Proc, tempfile::TempDir) {
+    crypto();
     let dir = tempfile::tempdir().unwrap();
     let mut all = vec!["--listen", "127.0.0.1:0", "--workers", "2"];
     all.extend_from_slice(args);
@@ -252,7 +253,13 @@ allowed_providers = ["openai"]
 
 pub const KEY: &str = "vk-test-key";
 
+/// reqwest here uses rustls without a built-in provider, as the gateway does: install ring once.
+pub fn crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 pub fn client() -> reqwest::Client {
+    crypto();
     reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
 }
 
@@ -284,4 +291,76 @@ pub async fn mock_stats(mock: &Proc) -> serde_json::Value {
 /// Parses an SSE body into its `data:` payloads.
 pub fn sse_data(text: &str) -> Vec<String> {
     text.split("\n\n").filter_map(|e| e.trim().strip_prefix("data: ").map(str::to_string)).collect()
+}
+
+/// A real OpenID Provider (`tests/oidc/op.mjs`, npm `oidc-provider`) on a free loopback port.
+pub struct Op {
+    child: Child,
+    pub issuer: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Op {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts one issuer shape: `path` is "" (plain), "/oauth2/default" (Okta) or "/<tid>/v2.0" (Entra).
+pub fn op(path: &str, audience: &str, users_file: &str) -> Op {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oidc");
+    assert!(
+        std::path::Path::new(root).join("node_modules/oidc-provider").is_dir(),
+        "tests/oidc/node_modules is missing: run `npm ci --prefix tests/oidc` (scripts/test does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let stderr_log = dir.path().join("op.stderr");
+    let mut child = Command::new("node")
+        .arg(format!("{root}/op.mjs"))
+        .env("OP_PORT", "0")
+        .env("OP_PATH", path)
+        .env("OP_AUDIENCE", audience)
+        .env("OP_USERS_FILE", format!("{root}/{users_file}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(std::fs::File::create(&stderr_log).unwrap()))
+        .spawn()
+        .expect("node is required for the identity-provider tests");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(issuer) = line.strip_prefix("OP_ISSUER=") {
+                let _ = tx.send(issuer.trim().to_string());
+            }
+        }
+    });
+    let issuer = match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(i) => i,
+        Err(_) => {
+            let _ = child.kill();
+            panic!("the OpenID Provider did not start: {}", std::fs::read_to_string(&stderr_log).unwrap_or_default());
+        }
+    };
+    Op { child, issuer, _dir: dir }
+}
+
+impl Op {
+    /// An access token signed by the provider's current key: `sub`'s claims, with `overrides`.
+    pub async fn token(&self, body: serde_json::Value) -> String {
+        let r = client().post(format!("{}/__test/token", self.issuer)).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        let v: serde_json::Value = r.json().await.unwrap();
+        v["access_token"].as_str().unwrap().to_string()
+    }
+
+    pub async fn rotate(&self) {
+        let r = client().post(format!("{}/__test/rotate", self.issuer)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
+    pub async fn public_pem(&self) -> String {
+        client().get(format!("{}/__test/public_pem", self.issuer)).send().await.unwrap().text().await.unwrap()
+    }
 }

@@ -14,4 +14,5 @@ mod lifecycle;
 mod reload;
 mod resilience;
 mod sdk;
+mod sso;
 mod streams;

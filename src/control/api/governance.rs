@@ -364,9 +364,10 @@ async fn rotate(api: &Api, req: &ControlRequest, id: &str) -> ApiResult {
 /// with what is used now. The key itself is the credential.
 pub(super) fn quota(api: &Api, req: &ControlRequest) -> ApiResult {
     let snap = api.shared.snapshot.load();
-    let principal = crate::auth::authenticate(&snap, &req.headers)?;
-    let Some(key) = principal.virtual_key() else { return Err(GatewayError::AuthenticationRequired) };
     let now = crate::governance::clock::now();
+    let mut tokens = crate::auth::TokenCache::default();
+    let principal = crate::auth::authenticate(&snap, &req.headers, &mut tokens, now.max(0) as u64)?;
+    let Some(key) = principal.virtual_key() else { return Err(GatewayError::AuthenticationRequired) };
     let mut budgets = Vec::new();
     let mut limits = Vec::new();
     for entity in key.chain.iter().map(|&e| &snap.entities[e]) {
