@@ -74,7 +74,14 @@ role_map = { "gw-admins" = "admin" }
 require_mfa = ["admin"]
 "#;
     let mut jwks = heimdall::snapshot::JwksCache::default();
-    jwks.insert("idp".into(), std::sync::Arc::from(&include_bytes!("../src/auth/testdata/jwks.json")[..]));
+    jwks.insert(
+        "idp".into(),
+        heimdall::snapshot::ProviderKeys {
+            authorization_endpoint: String::new(),
+            token_endpoint: String::new(),
+            jwks: std::sync::Arc::from(&include_bytes!("../src/auth/testdata/jwks.json")[..]),
+        },
+    );
     let loaded = config::parse(Path::new("bench.toml"), text).unwrap();
     let snap = Snapshot::build_with_keys(&loaded, 1, &Default::default(), &jwks).unwrap();
     let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);

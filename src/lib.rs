@@ -9,6 +9,7 @@ pub mod dataplane;
 pub mod error;
 pub mod governance;
 pub mod handoff;
+pub mod identity;
 pub mod metrics;
 pub mod providers;
 pub mod snapshot;

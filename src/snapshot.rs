@@ -40,7 +40,9 @@ pub struct Snapshot {
 pub struct Identity {
     /// `identity.require_sso`: keys owned by a user are refused without that user's token.
     pub require_sso: bool,
-    /// One per identity provider with an `audience` (only those are accepted on `/v1`).
+    /// Some provider has an `audience`: JWT-shaped bearers are tokens, not virtual keys.
+    pub accepts_bearer: bool,
+    /// One per identity provider, in config order; those with an `audience` accept bearer tokens on `/v1`.
     pub issuers: Vec<crate::auth::jwt::TokenIssuer>,
     /// Parallel to `issuers`.
     pub rules: Vec<IdpRules>,
@@ -86,9 +88,17 @@ impl Identity {
     }
 }
 
-/// The JWKS documents last fetched, by identity provider name. Kept by the control plane and
-/// handed to every snapshot build, so a reload never drops the keys.
-pub type JwksCache = FxHashMap<String, Arc<[u8]>>;
+/// What the control plane last fetched of one identity provider: its endpoints and its JWKS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderKeys {
+    pub authorization_endpoint: String,
+    pub token_endpoint: String,
+    pub jwks: Arc<[u8]>,
+}
+
+/// Providers' keys by name. Kept by the control plane and handed to every snapshot build, so a
+/// reload never drops the keys.
+pub type JwksCache = FxHashMap<String, ProviderKeys>;
 
 #[derive(Debug)]
 pub struct ServerSettings {
@@ -543,12 +553,11 @@ fn build_identity(c: &FileConfig, jwks: &JwksCache) -> Result<Identity, BuildErr
     use crate::config::IdpKind;
     let mut identity = Identity { require_sso: c.identity.require_sso, ..Default::default() };
     for p in &c.identity.providers {
-        let Some(audience) = &p.audience else { continue };
         let algorithm = parse_algorithm(&p.algorithm)
             .ok_or_else(|| BuildError(format!("identity provider {}: algorithm {}", p.name, p.algorithm)))?;
-        let mut issuer = TokenIssuer::new(&p.name, &p.issuer, audience, algorithm, p.leeway.as_secs());
-        if let Some(doc) = jwks.get(&p.name)
-            && let Err(e) = issuer.set_jwks(doc)
+        let mut issuer = TokenIssuer::new(&p.name, &p.issuer, p.audience.as_deref(), algorithm, p.leeway.as_secs());
+        if let Some(keys) = jwks.get(&p.name)
+            && let Err(e) = issuer.set_jwks(&keys.jwks)
         {
             tracing::warn!(provider = %p.name, "cached JWKS unusable: {e}");
         }
@@ -569,6 +578,7 @@ fn build_identity(c: &FileConfig, jwks: &JwksCache) -> Result<Identity, BuildErr
             },
             tenants: p.tenants.clone(),
         });
+        identity.accepts_bearer |= issuer.audience.is_some();
         identity.issuers.push(issuer);
     }
     Ok(identity)

@@ -37,7 +37,8 @@ pub struct TokenIssuer {
     pub provider: String,
     /// Exactly as the tokens' `iss` must read.
     pub issuer: String,
-    pub audience: String,
+    /// `aud` of access tokens accepted on `/v1`; `None`: this provider serves browser login only.
+    pub audience: Option<String>,
     pub algorithm: Algorithm,
     pub leeway_secs: u64,
     keys: FxHashMap<String, DecodingKey>,
@@ -71,11 +72,11 @@ pub fn parse_algorithm(name: &str) -> Option<Algorithm> {
 }
 
 impl TokenIssuer {
-    pub fn new(provider: &str, issuer: &str, audience: &str, algorithm: Algorithm, leeway_secs: u64) -> Self {
+    pub fn new(provider: &str, issuer: &str, audience: Option<&str>, algorithm: Algorithm, leeway_secs: u64) -> Self {
         TokenIssuer {
             provider: provider.into(),
             issuer: issuer.into(),
-            audience: audience.into(),
+            audience: audience.map(Into::into),
             algorithm,
             leeway_secs,
             keys: FxHashMap::default(),
@@ -139,16 +140,30 @@ struct IssOnly {
     iss: Option<String>,
 }
 
-/// Verifies `token` against the issuer its (unverified) `iss` names; `now` is Unix seconds.
+/// Verifies a bearer access token against the issuer its (unverified) `iss` names, among those
+/// that accept bearer tokens; `now` is Unix seconds.
 pub fn verify(issuers: &[TokenIssuer], token: &str, now: u64) -> Result<Verified, JwtError> {
-    let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Malformed)?;
     // The unverified `iss` only picks which keys to try; the verified one is checked below.
     let iss = jsonwebtoken::dangerous::insecure_decode_claims::<IssOnly>(token)
         .map_err(|_| JwtError::Malformed)?
         .iss
         .unwrap_or_default();
-    let (index, issuer) =
-        issuers.iter().enumerate().find(|(_, i)| i.issuer == iss).ok_or(JwtError::UnknownIssuer(iss))?;
+    let (index, issuer) = issuers
+        .iter()
+        .enumerate()
+        .find(|(_, i)| i.issuer == iss && i.audience.is_some())
+        .ok_or(JwtError::UnknownIssuer(iss))?;
+    let audience = issuer.audience.as_deref().unwrap_or_default();
+    Ok(Verified { issuer: index, claims: verify_for(issuer, token, audience, now)? })
+}
+
+/// Verifies an ID token from the login flow: this issuer's keys, `aud` = the client id.
+pub fn verify_id_token(issuer: &TokenIssuer, token: &str, client_id: &str, now: u64) -> Result<Claims, JwtError> {
+    verify_for(issuer, token, client_id, now)
+}
+
+fn verify_for(issuer: &TokenIssuer, token: &str, audience: &str, now: u64) -> Result<Claims, JwtError> {
+    let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Malformed)?;
     if header.alg != issuer.algorithm {
         return Err(JwtError::AlgorithmRefused {
             got: format!("{:?}", header.alg),
@@ -159,7 +174,7 @@ pub fn verify(issuers: &[TokenIssuer], token: &str, now: u64) -> Result<Verified
     let key = issuer.keys.get(&kid).ok_or(JwtError::UnknownKey(kid))?;
     let mut v = Validation::new(issuer.algorithm);
     v.set_issuer(&[&issuer.issuer]);
-    v.set_audience(&[&issuer.audience]);
+    v.set_audience(&[audience]);
     v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
     v.validate_nbf = true;
     // jsonwebtoken reads the system clock itself; check expiry here against `now` instead, so
@@ -179,7 +194,7 @@ pub fn verify(issuers: &[TokenIssuer], token: &str, now: u64) -> Result<Verified
     if data.claims.exp.saturating_add(issuer.leeway_secs) <= now {
         return Err(JwtError::Expired);
     }
-    Ok(Verified { issuer: index, claims: data.claims })
+    Ok(data.claims)
 }
 
 /// Which issuer a token claims to be from (unverified): to know whose keys to refresh.
@@ -188,7 +203,7 @@ pub fn verify_issuer_only(issuers: &[TokenIssuer], token: &str) -> Result<usize,
         .map_err(|_| JwtError::Malformed)?
         .iss
         .unwrap_or_default();
-    issuers.iter().position(|i| i.issuer == iss).ok_or(JwtError::UnknownIssuer(iss))
+    issuers.iter().position(|i| i.issuer == iss && i.audience.is_some()).ok_or(JwtError::UnknownIssuer(iss))
 }
 
 /// How a provider shows that a sign-in used MFA.
@@ -223,7 +238,7 @@ mod tests {
     const NOW: u64 = 1_800_000_000;
 
     fn issuer() -> TokenIssuer {
-        let mut i = TokenIssuer::new("okta", ISS, "api://default", Algorithm::RS256, 60);
+        let mut i = TokenIssuer::new("okta", ISS, Some("api://default"), Algorithm::RS256, 60);
         assert_eq!(i.set_jwks(JWKS).unwrap(), 1);
         i
     }

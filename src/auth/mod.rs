@@ -2,6 +2,7 @@
 //! the snapshot (virtual keys by SHA-256). Plain functions: no sockets, no runtime, no store.
 
 pub mod jwt;
+pub mod rbac;
 
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
@@ -181,7 +182,7 @@ pub fn authenticate<'s>(
     tokens: &mut TokenCache,
     now: u64,
 ) -> Result<Principal<'s>, GatewayError> {
-    if let Some(token) = bearer(headers).filter(|t| !snap.identity.issuers.is_empty() && jwt::looks_like_jwt(t)) {
+    if let Some(token) = bearer(headers).filter(|t| snap.identity.accepts_bearer && jwt::looks_like_jwt(t)) {
         let (user, role) = sso_user(snap, token, tokens, now)?;
         let key = match key_header(headers) {
             Some(k) => Some(active_key(snap, k)?),
@@ -265,7 +266,7 @@ fn sso_user<'s>(
 }
 
 /// The highest role the token's role claim maps to.
-fn mapped_role(rules: &crate::snapshot::IdpRules, claims: &jwt::Claims) -> Option<Role> {
+pub fn mapped_role(rules: &crate::snapshot::IdpRules, claims: &jwt::Claims) -> Option<Role> {
     let values = claims.extra.get(&rules.roles_claim)?;
     let names: Vec<&str> = match values {
         serde_json::Value::Array(a) => a.iter().filter_map(|v| v.as_str()).collect(),

@@ -292,6 +292,10 @@ pub struct UserConfig {
     /// generic OIDC, `TID/OID` for Entra. Bearer JWTs on `/v1` are matched to users by it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_id: Option<String>,
+    /// The user's system role on the management API: admin, developer or viewer. Set from the
+    /// identity provider's claims at each sign-in for users it provisioned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
     #[serde(default)]
     pub teams: Vec<String>,
     #[serde(default)]
@@ -336,12 +340,20 @@ pub struct IdentityConfig {
     pub require_sso: bool,
     #[serde(deserialize_with = "de_duration")]
     pub session_ttl: Duration,
+    /// Key (a secret reference) that encrypts refresh tokens at rest. Unset: a random key per
+    /// process, so sessions cannot refresh silently after a restart (users sign in again).
+    pub session_secret: Option<String>,
     pub providers: Vec<IdpConfig>,
 }
 
 impl Default for IdentityConfig {
     fn default() -> Self {
-        Self { require_sso: false, session_ttl: Duration::from_secs(12 * 3600), providers: Vec::new() }
+        Self {
+            require_sso: false,
+            session_ttl: Duration::from_secs(12 * 3600),
+            session_secret: None,
+            providers: Vec::new(),
+        }
     }
 }
 

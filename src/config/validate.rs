@@ -292,6 +292,14 @@ fn identity(c: &FileConfig) -> Result<(), Violation> {
     }
     let mut external = HashSet::new();
     for (i, u) in c.governance.users.iter().enumerate() {
+        if let Some(r) = &u.role
+            && crate::auth::Role::parse(r).is_none()
+        {
+            return fail(
+                path!["governance", "users", i, "role"],
+                format!("`{r}` is not a role: admin, developer or viewer"),
+            );
+        }
         let Some(ext) = &u.external_id else { continue };
         let at = path!["governance", "users", i, "external_id"];
         match ext.split_once(':') {

@@ -13,6 +13,7 @@ use super::catalog::{Catalog, merge, publish};
 use crate::audit::event::AuditEvent;
 use crate::auth::jwt::{TokenIssuer, parse_algorithm};
 use crate::config::IdpConfig;
+use crate::snapshot::ProviderKeys;
 use crate::state::Shared;
 
 /// A token with an unknown `kid` triggers a fetch at most this often per provider, so a flood of
@@ -25,6 +26,8 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 struct Discovery {
     issuer: String,
     jwks_uri: String,
+    authorization_endpoint: String,
+    token_endpoint: String,
 }
 
 pub(super) struct KeyFetcher {
@@ -71,9 +74,8 @@ impl KeyFetcher {
         })
     }
 
-    /// The providers that accept bearer tokens (those with an audience).
     fn providers(&self) -> Vec<IdpConfig> {
-        self.catalog.file().config.identity.providers.into_iter().filter(|p| p.audience.is_some()).collect()
+        self.catalog.file().config.identity.providers
     }
 
     async fn fetch_due(&mut self) {
@@ -93,14 +95,14 @@ impl KeyFetcher {
         let mut changed = false;
         for p in self.providers().into_iter().filter(|p| only.is_none_or(|n| n == p.name)) {
             self.last_fetch.insert(p.name.clone(), Instant::now());
-            match self.fetch_jwks(&p).await {
-                Ok(doc) => {
+            match self.fetch_keys(&p).await {
+                Ok(keys) => {
                     let mut cache = match self.shared.jwks.lock() {
                         Ok(c) => c,
                         Err(poisoned) => poisoned.into_inner(),
                     };
-                    if cache.get(&p.name).map(|d| &d[..]) != Some(&doc[..]) {
-                        cache.insert(p.name.clone(), Arc::from(doc));
+                    if cache.get(&p.name) != Some(&keys) {
+                        cache.insert(p.name.clone(), keys);
                         changed = true;
                     }
                 }
@@ -127,7 +129,7 @@ impl KeyFetcher {
 
     /// Discovery, then the JWKS it names; refused unless the document's issuer is the configured
     /// one exactly and at least one key can verify this provider's pinned algorithm.
-    async fn fetch_jwks(&self, p: &IdpConfig) -> Result<Vec<u8>, String> {
+    async fn fetch_keys(&self, p: &IdpConfig) -> Result<ProviderKeys, String> {
         let url = format!("{}/.well-known/openid-configuration", p.issuer.trim_end_matches('/'));
         let d: Discovery = self.get(&url).await.and_then(|b| {
             serde_json::from_slice(&b).map_err(|e| format!("discovery document at {url} unreadable: {e}"))
@@ -137,10 +139,14 @@ impl KeyFetcher {
         }
         let doc = self.get(&d.jwks_uri).await?;
         let alg = parse_algorithm(&p.algorithm).ok_or_else(|| format!("algorithm {}", p.algorithm))?;
-        let mut probe = TokenIssuer::new(&p.name, &p.issuer, "", alg, 0);
+        let mut probe = TokenIssuer::new(&p.name, &p.issuer, None, alg, 0);
         match probe.set_jwks(&doc) {
             Ok(0) => Err(format!("the JWKS at {} holds no {} key with a kid", d.jwks_uri, p.algorithm)),
-            Ok(_) => Ok(doc),
+            Ok(_) => Ok(ProviderKeys {
+                authorization_endpoint: d.authorization_endpoint,
+                token_endpoint: d.token_endpoint,
+                jwks: Arc::from(doc),
+            }),
             Err(e) => Err(format!("{}: {e}", d.jwks_uri)),
         }
     }

@@ -86,6 +86,16 @@ async fn run(parts: ControlParts, ready: std::sync::mpsc::Sender<Result<(), Stri
     };
     let store = Arc::new(std::sync::Mutex::new(store));
     let (audit_tx, audit_rx) = mpsc::unbounded_channel();
+    let session_secret = match &catalog.file().config.identity.session_secret {
+        Some(r) => match crate::config::secret::resolve(r) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let _ = ready.send(Err(format!("identity.session_secret: {e}")));
+                anyhow::bail!("identity.session_secret: {e}");
+            }
+        },
+        None => None,
+    };
     let reloader = reload::Reloader::new(shared.clone(), config_path, catalog.clone(), audit_tx.clone());
     let watcher = reloader.watch(hup);
     let keys = match identity::KeyFetcher::new(shared.clone(), catalog.clone(), audit_tx.clone()) {
@@ -102,6 +112,9 @@ async fn run(parts: ControlParts, ready: std::sync::mpsc::Sender<Result<(), Stri
         audit: audit_tx,
         hmac_key: hmac_key.clone(),
         test_clock: router::test_clock_enabled(),
+        logins: Arc::new(api::Logins::default()),
+        http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?,
+        sealer: Arc::new(crate::identity::Sealer::new(session_secret.as_deref())),
     };
     let router = tokio::spawn(router::serve(requests, api));
     let _ = ready.send(Ok(()));

@@ -1,5 +1,5 @@
 //! Answers the requests the data plane hands over (`/api/*`, `/login`, `/auth/*`, `/ui/*`, `/`),
-//! one at a time in arrival order, through the management API.
+//! through the management API.
 
 use tokio::sync::mpsc;
 
@@ -12,10 +12,16 @@ pub(super) fn test_clock_enabled() -> bool {
     std::env::var("HEIMDALL_TEST_CLOCK").is_ok_and(|v| v == "1")
 }
 
+/// Each request runs as its own task: a sign-in waiting on an identity provider must not hold up
+/// the rest of the API. Changes still apply one at a time (the catalog's write lock).
 pub(super) async fn serve(mut requests: mpsc::UnboundedReceiver<ControlRequest>, api: Api) {
+    let api = std::sync::Arc::new(api);
     while let Some(req) = requests.recv().await {
-        let resp = api.handle(&req).await;
-        // The data plane may have given up waiting; nothing to do then.
-        let _ = req.reply.send(resp);
+        let api = api.clone();
+        tokio::spawn(async move {
+            let resp = api.handle(&req).await;
+            // The data plane may have given up waiting; nothing to do then.
+            let _ = req.reply.send(resp);
+        });
     }
 }

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 pub mod audit;
+pub mod sessions;
 
 use rusqlite::{Connection, params};
 
@@ -47,6 +48,7 @@ const MIGRATIONS: &[&str] = &[
 ",
     audit::MIGRATION,
     audit::CHECKPOINT_MIGRATION,
+    sessions::MIGRATION,
 ];
 
 pub struct Store {

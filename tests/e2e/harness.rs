@@ -309,6 +309,55 @@ impl Drop for Op {
 
 /// Starts one issuer shape: `path` is "" (plain), "/oauth2/default" (Okta) or "/<tid>/v2.0" (Entra).
 pub fn op(path: &str, audience: &str, users_file: &str) -> Op {
+    op_env(path, audience, users_file, &[])
+}
+
+impl Op {
+    pub async fn set_user(&self, body: serde_json::Value) {
+        let r = client().post(format!("{}/__test/user", self.issuer)).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
+    pub async fn overage_fail(&self, fail: bool) {
+        let r = client()
+            .post(format!("{}/__test/overage_fail", self.issuer))
+            .json(&serde_json::json!({ "fail": fail }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
+    /// An access token signed by the provider's current key: `sub`'s claims, with `overrides`.
+    pub async fn token(&self, body: serde_json::Value) -> String {
+        let r = client().post(format!("{}/__test/token", self.issuer)).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        let v: serde_json::Value = r.json().await.unwrap();
+        v["access_token"].as_str().unwrap().to_string()
+    }
+
+    pub async fn rotate(&self) {
+        let r = client().post(format!("{}/__test/rotate", self.issuer)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
+    pub async fn public_pem(&self) -> String {
+        client().get(format!("{}/__test/public_pem", self.issuer)).send().await.unwrap().text().await.unwrap()
+    }
+}
+
+/// A port that was free a moment ago (for configs that must name their own address up front,
+/// such as an OAuth redirect URI registered at the identity provider).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts a provider whose client may redirect to `redirect`.
+pub fn op_with_redirect(path: &str, audience: &str, users_file: &str, redirect: &str) -> Op {
+    op_env(path, audience, users_file, &[("OP_REDIRECT", redirect)])
+}
+
+fn op_env(path: &str, audience: &str, users_file: &str, extra: &[(&str, &str)]) -> Op {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oidc");
     assert!(
         std::path::Path::new(root).join("node_modules/oidc-provider").is_dir(),
@@ -322,6 +371,7 @@ pub fn op(path: &str, audience: &str, users_file: &str) -> Op {
         .env("OP_PATH", path)
         .env("OP_AUDIENCE", audience)
         .env("OP_USERS_FILE", format!("{root}/{users_file}"))
+        .envs(extra.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(std::fs::File::create(&stderr_log).unwrap()))
         .spawn()
@@ -346,21 +396,47 @@ pub fn op(path: &str, audience: &str, users_file: &str) -> Op {
     Op { child, issuer, _dir: dir }
 }
 
-impl Op {
-    /// An access token signed by the provider's current key: `sub`'s claims, with `overrides`.
-    pub async fn token(&self, body: serde_json::Value) -> String {
-        let r = client().post(format!("{}/__test/token", self.issuer)).json(&body).send().await.unwrap();
-        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-        let v: serde_json::Value = r.json().await.unwrap();
-        v["access_token"].as_str().unwrap().to_string()
+/// A browser without a browser: a cookie jar, and redirects followed by hand.
+pub struct Browser {
+    pub client: reqwest::Client,
+}
+
+impl Browser {
+    pub fn new() -> Self {
+        crypto();
+        let client = reqwest::Client::builder()
+            .cookie_store(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        Browser { client }
     }
 
-    pub async fn rotate(&self) {
-        let r = client().post(format!("{}/__test/rotate", self.issuer)).send().await.unwrap();
-        assert_eq!(r.status(), 200);
-    }
-
-    pub async fn public_pem(&self) -> String {
-        client().get(format!("{}/__test/public_pem", self.issuer)).send().await.unwrap().text().await.unwrap()
+    /// Follows redirects from `url` until one leaves both the gateway's sign-in paths and the
+    /// provider; returns the last response (a redirect to the return page, or an error).
+    pub async fn sign_in(&self, gw: &Gateway, op: &Op, url: &str) -> reqwest::Response {
+        let mut url = url.to_string();
+        let provider_origin = op.issuer.split('/').take(3).collect::<Vec<_>>().join("/");
+        for _ in 0..20 {
+            let r = self.client.get(&url).send().await.unwrap();
+            if !r.status().is_redirection() {
+                return r;
+            }
+            let loc = r.headers()["location"].to_str().unwrap().to_string();
+            let next = if loc.starts_with("http") {
+                loc
+            } else if loc.starts_with('/') {
+                format!("{}{loc}", url.split('/').take(3).collect::<Vec<_>>().join("/"))
+            } else {
+                panic!("relative redirect {loc}")
+            };
+            let ours = next.starts_with(&gw.url("/auth/")) || next.starts_with(&gw.url("/login"));
+            if !ours && !next.starts_with(&provider_origin) {
+                return r;
+            }
+            url = next;
+        }
+        panic!("too many redirects");
     }
 }

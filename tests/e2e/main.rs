@@ -11,6 +11,7 @@ mod chat;
 mod errors;
 mod governance;
 mod lifecycle;
+mod login;
 mod reload;
 mod resilience;
 mod sdk;

@@ -90,7 +90,11 @@ const CSV_COLUMNS: [&str; 18] = [
 
 /// `GET /api/enterprise/audit/export?format=jsonl|csv&…filters`: every matching record, newest
 /// first, streamed page by page as the store is read; itself recorded as a `data_export`.
-pub(super) fn export(api: &Api, req: &ControlRequest) -> Result<http::Response<ControlBody>, GatewayError> {
+pub(super) fn export(
+    api: &Api,
+    req: &ControlRequest,
+    by: &super::identity::Caller,
+) -> Result<http::Response<ControlBody>, GatewayError> {
     let q = query(req);
     let csv = match q.get("format").map(String::as_str) {
         None | Some("jsonl") => false,
@@ -100,6 +104,7 @@ pub(super) fn export(api: &Api, req: &ControlRequest) -> Result<http::Response<C
     let mut filter = filter(&q, EXPORT_PAGE)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     let (store, audit, peer) = (api.store.clone(), api.audit.clone(), req.peer.ip().to_string());
+    let (actor_type, actor_id) = (by.actor_type(), by.actor_id().map(String::from));
     let details_filter = serde_json::json!({ "query": req.uri.query().unwrap_or("") });
     tokio::task::spawn_blocking(move || {
         let (mut rows, mut bytes) = (0u64, 0u64);
@@ -163,9 +168,9 @@ pub(super) fn export(api: &Api, req: &ControlRequest) -> Result<http::Response<C
             }
             filter.before_seq = Some(last);
         }
-        let mut event =
-            crate::audit::event::AuditEvent::data_change("export", "admin_token", &peer, "audit_events", "*");
+        let mut event = crate::audit::event::AuditEvent::data_change("export", actor_type, &peer, "audit_events", "*");
         event.r#type = "data_export".into();
+        event.actor_id = actor_id;
         event.details = serde_json::json!({ "format": if csv { "csv" } else { "jsonl" }, "rows": rows, "bytes": bytes, "filter": details_filter });
         let _ = audit.send(event);
     });

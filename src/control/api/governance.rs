@@ -4,6 +4,7 @@
 use http::StatusCode;
 use serde_json::{Map, Value, json};
 
+use super::identity::Caller;
 use super::{Api, ApiResult, json as reply, query};
 use crate::control::catalog::{self, ApiEntity, Kind};
 use crate::error::GatewayError;
@@ -13,16 +14,16 @@ use crate::handoff::ControlRequest;
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 1000;
 
-pub(super) async fn route(api: &Api, req: &ControlRequest, method: &str, rest: &[&str]) -> ApiResult {
+pub(super) async fn route(api: &Api, req: &ControlRequest, by: &Caller, method: &str, rest: &[&str]) -> ApiResult {
     let kind = rest.first().and_then(|k| Kind::from_path(k));
     match (method, kind, &rest[1.min(rest.len())..]) {
         ("GET", Some(kind), []) => list(api, req, kind),
-        ("POST", Some(kind), []) => create(api, req, kind).await,
+        ("POST", Some(kind), []) => create(api, req, by, kind).await,
         ("GET", Some(kind), [id]) => get(api, kind, id),
-        ("PUT", Some(kind), [id]) => update(api, req, kind, id, false).await,
-        ("PATCH", Some(kind), [id]) => update(api, req, kind, id, true).await,
-        ("DELETE", Some(kind), [id]) => delete(api, req, kind, id).await,
-        ("POST", Some(Kind::VirtualKey), [id, "rotate"]) => rotate(api, req, id).await,
+        ("PUT", Some(kind), [id]) => update(api, req, by, kind, id, false).await,
+        ("PATCH", Some(kind), [id]) => update(api, req, by, kind, id, true).await,
+        ("DELETE", Some(kind), [id]) => delete(api, req, by, kind, id).await,
+        ("POST", Some(Kind::VirtualKey), [id, "rotate"]) => rotate(api, req, by, id).await,
         ("GET", Some(kind), [id, "usage"]) => usage(api, req, kind, id).await,
         _ => Err(GatewayError::NotFound(format!("{method} {}", req.uri.path()))),
     }
@@ -164,7 +165,7 @@ fn now() -> i64 {
 
 /// Validates the catalog with `next` in place of the API's entities, persists the change, and
 /// publishes a snapshot built from it; nothing changes anywhere when any step refuses.
-async fn commit(
+pub(super) async fn commit(
     api: &Api,
     next: Vec<ApiEntity>,
     changed: Option<&ApiEntity>,
@@ -201,14 +202,15 @@ async fn commit(
 }
 
 /// The `data_modification` (or `data_deletion`) event of an admin change, into the audit trail.
-fn record_change(api: &Api, req: &ControlRequest, action: &str, kind: Kind, id: &str) {
-    let event = crate::audit::event::AuditEvent::data_change(
+fn record_change(api: &Api, req: &ControlRequest, by: &Caller, action: &str, kind: Kind, id: &str) {
+    let mut event = crate::audit::event::AuditEvent::data_change(
         action,
-        "admin_token",
+        by.actor_type(),
         &req.peer.ip().to_string(),
         kind.as_str(),
         id,
     );
+    event.actor_id = by.actor_id().map(String::from);
     let _ = api.audit.send(event);
 }
 
@@ -221,7 +223,7 @@ fn id_prefix(kind: Kind) -> &'static str {
     }
 }
 
-async fn create(api: &Api, req: &ControlRequest, kind: Kind) -> ApiResult {
+async fn create(api: &Api, req: &ControlRequest, by: &Caller, kind: Kind) -> ApiResult {
     let mut body = body_object(req)?;
     refuse_secret_fields(kind, &body)?;
     let id = match body.get("id") {
@@ -246,7 +248,7 @@ async fn create(api: &Api, req: &ControlRequest, kind: Kind) -> ApiResult {
     let mut next = api.catalog.api();
     next.push(entity.clone());
     commit(api, next, Some(&entity), None).await?;
-    record_change(api, req, "create", kind, &id);
+    record_change(api, req, by, "create", kind, &id);
     let mut out = json!({ kind.as_str(): view(kind, entity.body, "api", Some((t, t))) });
     if let Some(v) = value {
         out["value"] = v.into();
@@ -269,7 +271,7 @@ fn editable(api: &Api, kind: Kind, id: &str) -> Result<(Vec<ApiEntity>, usize), 
     Err(not_found(kind, id))
 }
 
-async fn update(api: &Api, req: &ControlRequest, kind: Kind, id: &str, merge: bool) -> ApiResult {
+async fn update(api: &Api, req: &ControlRequest, by: &Caller, kind: Kind, id: &str, merge: bool) -> ApiResult {
     let patch = body_object(req)?;
     refuse_secret_fields(kind, &patch)?;
     if patch.get("id").is_some_and(|v| v != id) {
@@ -294,7 +296,7 @@ async fn update(api: &Api, req: &ControlRequest, kind: Kind, id: &str, merge: bo
     next[i].updated_at = now();
     let entity = next[i].clone();
     commit(api, next, Some(&entity), None).await?;
-    record_change(api, req, "update", kind, id);
+    record_change(api, req, by, "update", kind, id);
     reply(
         StatusCode::OK,
         &json!({ kind.as_str(): view(kind, entity.body, "api", Some((entity.created_at, entity.updated_at))) }),
@@ -326,7 +328,7 @@ fn dependents(api: &Api, kind: Kind, id: &str) -> Vec<String> {
     out
 }
 
-async fn delete(api: &Api, req: &ControlRequest, kind: Kind, id: &str) -> ApiResult {
+async fn delete(api: &Api, req: &ControlRequest, by: &Caller, kind: Kind, id: &str) -> ApiResult {
     let _writes = api.catalog.lock_writes().await;
     let (mut next, i) = editable(api, kind, id)?;
     let deps = dependents(api, kind, id);
@@ -339,11 +341,11 @@ async fn delete(api: &Api, req: &ControlRequest, kind: Kind, id: &str) -> ApiRes
     }
     next.remove(i);
     commit(api, next, None, Some((kind, id))).await?;
-    record_change(api, req, "delete", kind, id);
+    record_change(api, req, by, "delete", kind, id);
     reply(StatusCode::OK, &json!({ "deleted": { "type": kind.as_str(), "id": id } }))
 }
 
-async fn rotate(api: &Api, req: &ControlRequest, id: &str) -> ApiResult {
+async fn rotate(api: &Api, req: &ControlRequest, by: &Caller, id: &str) -> ApiResult {
     let _writes = api.catalog.lock_writes().await;
     let (mut next, i) = editable(api, Kind::VirtualKey, id)?;
     let value = new_key_value()?;
@@ -353,7 +355,7 @@ async fn rotate(api: &Api, req: &ControlRequest, id: &str) -> ApiResult {
     next[i].updated_at = now();
     let entity = next[i].clone();
     commit(api, next, Some(&entity), None).await?;
-    record_change(api, req, "rotate", Kind::VirtualKey, id);
+    record_change(api, req, by, "rotate", Kind::VirtualKey, id);
     reply(
         StatusCode::OK,
         &json!({ "virtual_key": view(Kind::VirtualKey, entity.body, "api", Some((entity.created_at, entity.updated_at))), "value": value }),

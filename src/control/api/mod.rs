@@ -3,6 +3,9 @@
 
 mod audit;
 mod governance;
+mod identity;
+
+pub use identity::Logins;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,7 +13,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 
-use super::catalog::Catalog;
+use super::catalog::{self, Catalog};
+use crate::auth::rbac::{Op, Resource};
 use crate::error::GatewayError;
 use crate::handoff::{ControlBody, ControlRequest};
 use crate::state::Shared;
@@ -26,6 +30,12 @@ pub struct Api {
     pub hmac_key: Option<Arc<[u8]>>,
     /// `HEIMDALL_TEST_CLOCK=1` at start: mounts `POST /api/test/clock` (tests only).
     pub test_clock: bool,
+    /// Sign-ins sent to an identity provider and not back yet.
+    pub logins: Arc<Logins>,
+    /// For the identity providers' token and group endpoints.
+    pub http: reqwest::Client,
+    /// Seals refresh tokens at rest.
+    pub sealer: Arc<crate::identity::Sealer>,
 }
 
 pub type ApiResult = Result<http::Response<Bytes>, GatewayError>;
@@ -35,8 +45,12 @@ impl Api {
     pub async fn handle(&self, req: &ControlRequest) -> http::Response<ControlBody> {
         let segments: Vec<&str> = req.uri.path().trim_end_matches('/').split('/').skip(1).collect();
         if req.method == http::Method::GET && segments == ["api", "enterprise", "audit", "export"] {
-            return match self.authorize_admin(req) {
-                Ok(()) => audit::export(self, req).unwrap_or_else(|e| e.to_http().map(ControlBody::Full)),
+            let allowed = match identity::caller(self, req).await {
+                Ok(c) => c.may(Resource::Audit, Op::Export).map(|()| c),
+                Err(e) => Err(e),
+            };
+            return match allowed {
+                Ok(c) => audit::export(self, req, &c).unwrap_or_else(|e| e.to_http().map(ControlBody::Full)),
                 Err(e) => e.to_http().map(ControlBody::Full),
             };
         }
@@ -49,35 +63,42 @@ impl Api {
         let method = req.method.as_str();
         match (method, segments.as_slice()) {
             ("POST", ["api", "test", "clock"]) if self.test_clock => advance_clock(&req.body),
+            ("GET", ["login"]) => identity::login(self, req),
+            ("GET", ["auth", "callback"]) => identity::callback(self, req).await,
+            ("POST", ["logout"]) => identity::logout(self, req).await,
+            ("GET", ["api", "identity", "session"]) => identity::whoami(self, req).await,
             ("GET", ["api", "governance", "virtual-keys", "quota"]) => governance::quota(self, req),
-            (_, ["api", "governance", ..]) => {
-                self.authorize_admin(req)?;
-                governance::route(self, req, method, &segments[2..]).await
+            (_, ["api", "governance", rest @ ..]) => {
+                let caller = identity::caller(self, req).await?;
+                let resource = match rest {
+                    [_, _, "usage"] => Resource::Usage,
+                    [kind, ..] => match catalog::Kind::from_path(kind) {
+                        Some(catalog::Kind::Customer) => Resource::Customers,
+                        Some(catalog::Kind::Team) => Resource::Teams,
+                        Some(catalog::Kind::User) => Resource::Users,
+                        Some(catalog::Kind::VirtualKey) => Resource::VirtualKeys,
+                        None => return Err(GatewayError::NotFound(format!("{method} {}", req.uri.path()))),
+                    },
+                    [] => return Err(GatewayError::NotFound(format!("{method} {}", req.uri.path()))),
+                };
+                caller.may(resource, if method == "GET" { Op::Read } else { Op::Write })?;
+                governance::route(self, req, &caller, method, rest).await
             }
             ("GET", ["api", "enterprise", "audit", what]) => {
-                self.authorize_admin(req)?;
+                identity::caller(self, req).await?.may(Resource::Audit, Op::Read)?;
                 audit::route(self, req, what).await
             }
             _ => Err(GatewayError::NotFound(format!("{method} {}", req.uri.path()))),
         }
     }
 
-    /// The bootstrap credential: `Authorization: Bearer <server.admin_token>` (SSO and RBAC replace it later).
-    fn authorize_admin(&self, req: &ControlRequest) -> Result<(), GatewayError> {
-        let snap = self.shared.snapshot.load();
-        let Some(expected) = snap.server.admin_token.as_deref() else {
-            return Err(GatewayError::UserNotAuthorized(
-                "the management API is closed: set server.admin_token to open it".into(),
-            ));
+    /// Runs `f` on the store (short queries; the control plane's own thread waits for it).
+    pub fn with_store<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
+        let mut store = match self.store.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
         };
-        let Some(sent) = crate::auth::credential(&req.headers) else {
-            return Err(GatewayError::AuthenticationRequired);
-        };
-        // Compare digests so the comparison time says nothing about the token.
-        if crate::auth::hash_key(sent) != crate::auth::hash_key(expected) {
-            return Err(GatewayError::UserNotAuthorized("the admin token was not accepted".into()));
-        }
-        Ok(())
+        f(&mut store)
     }
 }
 
