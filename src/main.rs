@@ -93,6 +93,7 @@ fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel();
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let (jwks_refresh_tx, jwks_refresh_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (provision_tx, provision_rx) = tokio::sync::mpsc::unbounded_channel();
     let metrics = Metrics::new(workers);
     metrics.config_version.store(1, std::sync::atomic::Ordering::Relaxed);
     let shared = Arc::new(Shared {
@@ -101,6 +102,7 @@ fn serve(config_path: PathBuf) -> anyhow::Result<()> {
         counters,
         control_tx,
         jwks_refresh: jwks_refresh_tx,
+        provision: provision_tx,
         jwks: Default::default(),
         shutdown: shutdown_rx,
     });
@@ -126,6 +128,7 @@ fn serve(config_path: PathBuf) -> anyhow::Result<()> {
         audit_enabled: loaded.config.audit.enabled,
         cores_stopped: cores_stopped_rx,
         jwks_refresh: jwks_refresh_rx,
+        provision: provision_rx,
     })?;
     let opts = dataplane::ServeOptions {
         listen: server.listen.parse()?,

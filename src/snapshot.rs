@@ -49,6 +49,9 @@ pub struct Identity {
     /// `PROVIDER:SUBJECT` → index into `users`.
     users_by_external: FxHashMap<String, usize>,
     pub users: Vec<SsoUser>,
+    /// Parallel to `issuers`: where a valid token of a user not provisioned yet is charged
+    /// (`identity.user_defaults`, shared until the control plane has provisioned the user).
+    pub unprovisioned: Vec<Option<usize>>,
 }
 
 /// How one provider's claims become a role, and which roles must show MFA.
@@ -64,6 +67,9 @@ pub struct IdpRules {
     pub mfa: crate::auth::jwt::MfaEvidence,
     /// Entra multi-tenant: the `tid` values accepted (empty = any).
     pub tenants: Vec<String>,
+    /// Where the teams come from (for provisioning).
+    pub teams_claim: String,
+    pub provision: bool,
 }
 
 /// A user who can call `/v1` with a bearer token, with the chain the request is charged to:
@@ -382,6 +388,22 @@ impl Snapshot {
                 chain,
             });
         }
+        let d = &c.identity.user_defaults;
+        for p in &c.identity.providers {
+            let slot = p.provision.then(|| {
+                let id = format!("{}:unprovisioned", p.name);
+                let e = add(Level::User, &id, &d.budgets, &d.rate_limits, &d.allowed_models, &d.allowed_providers);
+                identity.users.push(SsoUser {
+                    index: identity.users.len(),
+                    id: id.as_str().into(),
+                    team: None,
+                    customer: None,
+                    chain: vec![e],
+                });
+                identity.users.len() - 1
+            });
+            identity.unprovisioned.push(slot);
+        }
 
         let mut virtual_keys = Vec::with_capacity(g.virtual_keys.len());
         let mut keys_by_hash = FxHashMap::default();
@@ -577,6 +599,8 @@ fn build_identity(c: &FileConfig, jwks: &JwksCache) -> Result<Identity, BuildErr
                 _ => MfaEvidence::Amr,
             },
             tenants: p.tenants.clone(),
+            teams_claim: p.teams_claim.clone().unwrap_or_else(|| "groups".into()),
+            provision: p.provision,
         });
         identity.accepts_bearer |= issuer.audience.is_some();
         identity.issuers.push(issuer);

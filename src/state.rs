@@ -20,6 +20,8 @@ pub struct Shared {
     pub control_tx: tokio::sync::mpsc::UnboundedSender<ControlRequest>,
     /// Identity providers whose signing keys a core found stale (a token with an unknown `kid`).
     pub jwks_refresh: tokio::sync::mpsc::UnboundedSender<String>,
+    /// Users a core met with a valid token and no account, for the control plane to provision.
+    pub provision: tokio::sync::mpsc::UnboundedSender<crate::auth::Provision>,
     /// The JWKS documents last fetched, by provider; every snapshot build reads them. Control
     /// plane only (the data plane reads the keys from the snapshot).
     pub jwks: std::sync::Mutex<crate::snapshot::JwksCache>,

@@ -146,6 +146,21 @@ struct CachedToken {
 pub struct TokenCache {
     verified: FxHashMap<[u8; 32], CachedToken>,
     pub refresh_wanted: Option<String>,
+    /// Users seen with a valid token and no account yet, for the control plane to provision.
+    pub provision_wanted: Vec<Provision>,
+    /// Provisioning already asked for by this core (so a burst asks once).
+    asked: rustc_hash::FxHashSet<String>,
+}
+
+/// A user to provision from a verified bearer token: what the control plane needs to create them.
+#[derive(Debug, Clone)]
+pub struct Provision {
+    pub provider: String,
+    pub subject: String,
+    pub role: Role,
+    pub groups: Vec<String>,
+    pub email: Option<String>,
+    pub name: Option<String>,
 }
 
 /// Entries one core keeps; when full, expired ones go, and if none has, all do.
@@ -257,9 +272,37 @@ fn sso_user<'s>(
     if rules.require_mfa.contains(&role) && !rules.mfa.shown_by(claims) {
         return Err(GatewayError::MfaRequired);
     }
-    let user = snap.identity.user(&rules.provider, &subject).ok_or_else(|| {
-        GatewayError::UserNotAuthorized(format!("no user has external_id '{}:{subject}'", rules.provider))
-    })?;
+    let user = match snap.identity.user(&rules.provider, &subject) {
+        Some(u) => u,
+        None => {
+            let Some(slot) = snap.identity.unprovisioned.get(verified.issuer).copied().flatten() else {
+                return Err(GatewayError::UserNotAuthorized(format!(
+                    "no user has external_id '{}:{subject}'",
+                    rules.provider
+                )));
+            };
+            let external = format!("{}:{subject}", rules.provider);
+            if tokens.asked.insert(external) {
+                let text = |k: &str| claims.extra.get(k).and_then(|v| v.as_str()).map(String::from);
+                let groups = match claims.extra.get(&rules.teams_claim) {
+                    Some(serde_json::Value::Array(a)) => {
+                        a.iter().filter_map(|v| v.as_str().map(String::from)).collect()
+                    }
+                    _ => Vec::new(),
+                };
+                tokens.provision_wanted.push(Provision {
+                    provider: rules.provider.clone(),
+                    subject: subject.clone(),
+                    role,
+                    groups,
+                    email: text("email"),
+                    name: text("name"),
+                });
+            }
+            // Not cached: the next snapshot holds the provisioned user.
+            return Ok((&snap.identity.users[slot], role));
+        }
+    };
     let cached = CachedToken { snapshot_version: snap.version, expires_at: claims.exp, user: user.index, role };
     tokens.remember(hash, cached, now);
     Ok((user, role))

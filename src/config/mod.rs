@@ -343,7 +343,19 @@ pub struct IdentityConfig {
     /// Key (a secret reference) that encrypts refresh tokens at rest. Unset: a random key per
     /// process, so sessions cannot refresh silently after a restart (users sign in again).
     pub session_secret: Option<String>,
+    /// Limits every user provisioned from a sign-in or a bearer token starts with; they govern
+    /// an unknown user's requests from the very first one.
+    pub user_defaults: UserDefaults,
     pub providers: Vec<IdpConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UserDefaults {
+    pub budgets: Vec<BudgetConfig>,
+    pub rate_limits: Vec<RateLimitConfig>,
+    pub allowed_models: Option<Vec<String>>,
+    pub allowed_providers: Option<Vec<String>>,
 }
 
 impl Default for IdentityConfig {
@@ -352,6 +364,7 @@ impl Default for IdentityConfig {
             require_sso: false,
             session_ttl: Duration::from_secs(12 * 3600),
             session_secret: None,
+            user_defaults: UserDefaults::default(),
             providers: Vec::new(),
         }
     }
@@ -396,6 +409,9 @@ pub struct IdpConfig {
     /// Clock skew allowed on `exp` and `nbf`.
     #[serde(default = "default_leeway", deserialize_with = "de_duration")]
     pub leeway: Duration,
+    /// A valid token of a user the gateway does not know yet provisions that user (default true).
+    #[serde(default = "default_true")]
+    pub provision: bool,
     /// How often discovery and the JWKS are fetched again (an unknown `kid` also triggers it).
     #[serde(default = "default_jwks_refresh", deserialize_with = "de_duration")]
     pub jwks_refresh: Duration,

@@ -249,6 +249,12 @@ fn governance(c: &FileConfig) -> Result<(), Violation> {
 }
 
 fn identity(c: &FileConfig) -> Result<(), Violation> {
+    let d = &c.identity.user_defaults;
+    let base = path!["identity", "user_defaults"];
+    limits(&base, &d.budgets, &d.rate_limits)?;
+    allow_list(&base, "allowed_models", &d.allowed_models, None)?;
+    let providers: HashSet<&str> = c.providers.iter().map(|p| p.name.as_str()).collect();
+    allow_list(&base, "allowed_providers", &d.allowed_providers, Some(&providers))?;
     let mut names = HashSet::new();
     for (i, p) in c.identity.providers.iter().enumerate() {
         if !names.insert(p.name.as_str()) {

@@ -42,6 +42,8 @@ pub struct ControlParts {
     pub audit_enabled: bool,
     /// Identity providers whose keys a core wants fetched again.
     pub jwks_refresh: mpsc::UnboundedReceiver<String>,
+    /// Users to provision, met by the cores with a valid token.
+    pub provision: mpsc::UnboundedReceiver<crate::auth::Provision>,
 }
 
 /// Starts the thread. Returns once its signal handlers are installed, so a SIGTERM sent right
@@ -75,6 +77,7 @@ async fn run(parts: ControlParts, ready: std::sync::mpsc::Sender<Result<(), Stri
         retention_days,
         audit_enabled,
         jwks_refresh,
+        provision,
     } = parts;
     let signals = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()));
     let (mut term, mut int, hup) = match signals {
@@ -116,6 +119,8 @@ async fn run(parts: ControlParts, ready: std::sync::mpsc::Sender<Result<(), Stri
         http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?,
         sealer: Arc::new(crate::identity::Sealer::new(session_secret.as_deref())),
     };
+    let api = Arc::new(api);
+    let provisioner = tokio::spawn(api::provision_users(api.clone(), provision));
     let router = tokio::spawn(router::serve(requests, api));
     let _ = ready.send(Ok(()));
 
@@ -157,6 +162,7 @@ async fn run(parts: ControlParts, ready: std::sync::mpsc::Sender<Result<(), Stri
     }
     watcher.abort();
     keys.abort();
+    provisioner.abort();
     router.abort();
     drainer.flush().await;
     // Every request has settled: this checkpoint holds the exact spend a restart will find.

@@ -14,8 +14,7 @@ pub(super) fn test_clock_enabled() -> bool {
 
 /// Each request runs as its own task: a sign-in waiting on an identity provider must not hold up
 /// the rest of the API. Changes still apply one at a time (the catalog's write lock).
-pub(super) async fn serve(mut requests: mpsc::UnboundedReceiver<ControlRequest>, api: Api) {
-    let api = std::sync::Arc::new(api);
+pub(super) async fn serve(mut requests: mpsc::UnboundedReceiver<ControlRequest>, api: std::sync::Arc<Api>) {
     while let Some(req) = requests.recv().await {
         let api = api.clone();
         tokio::spawn(async move {

@@ -78,6 +78,9 @@ impl CoreCtx {
         if let Some(provider) = tokens.refresh_wanted.take() {
             let _ = self.shared.jwks_refresh.send(provider);
         }
+        for p in tokens.provision_wanted.drain(..) {
+            let _ = self.shared.provision.send(p);
+        }
         result
     }
 

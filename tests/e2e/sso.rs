@@ -140,7 +140,7 @@ async fn a_provider_token_is_governed_as_its_user_and_every_forgery_is_refused()
 async fn roles_need_what_the_policy_says_mfa_included() {
     let (mock, _d) = mock(&[]);
     let op = op("/oauth2/default", "api://default", "users.json");
-    let gw = gateway(&sso_config(&mock.addr, &op, "okta", "api://default", "", OKTA_USERS));
+    let gw = gateway(&sso_config(&mock.addr, &op, "okta", "api://default", "provision = false", OKTA_USERS));
     // alice is an admin, and admins must show MFA: her token has amr ["pwd","mfa"].
     let alice = op.token(json!({ "sub": "alice" })).await;
     assert_eq!(until_accepted(&gw, &alice).await.status(), 200, "{}", gw.proc.stderr());
@@ -149,7 +149,7 @@ async fn roles_need_what_the_policy_says_mfa_included() {
     // nobody's groups map to no role, and the default is deny.
     let nobody = op.token(json!({ "sub": "nobody" })).await;
     assert!(expect_error(chat(&gw, &nobody).await, 403, "user_not_authorized").await.contains("no role"));
-    // victor maps to viewer but is no user of this gateway.
+    // victor maps to viewer but is no user of this gateway, and this provider does not provision.
     let victor = op.token(json!({ "sub": "victor" })).await;
     assert!(expect_error(chat(&gw, &victor).await, 403, "user_not_authorized").await.contains("idp:victor"));
 }
@@ -234,4 +234,49 @@ async fn entra_tokens_name_users_by_tenant_and_object_id_and_show_mfa_by_auth_co
     let other_tenant =
         op.token(json!({ "sub": "alice", "claims": { "tid": "99999999-0000-0000-0000-000000000000" } })).await;
     assert!(expect_error(chat(&gw, &other_tenant).await, 401, "invalid_token").await.contains("tenant"));
+}
+
+#[tokio::test]
+async fn an_unknown_users_token_provisions_them_and_the_default_policy_governs_from_the_first_request() {
+    let (mock, _d) = mock(&[]);
+    let op = op("", "api://gateway", "users.json");
+    let cfg = sso_config(&mock.addr, &op, "oidc", "api://gateway", "team_prefix = \"team-\"", OKTA_USERS).replace(
+        "[identity]\n",
+        "[identity]\nuser_defaults = { rate_limits = [{ requests = 7, per = \"1m\" }], allowed_models = [\"gpt-4o-mini\"] }\n",
+    );
+    let gw = gateway(&cfg.replace("[server]\n", "[server]\nadmin_token = \"sso-admin\"\n"));
+    let victor = op.token(json!({ "sub": "victor", "claims": { "groups": ["gw-viewers", "team-alpha"] } })).await;
+    // The very first request already runs under the defaults: 7 requests a minute, one model.
+    let first = until_accepted(&gw, &victor).await;
+    assert_eq!(first.status(), 200, "{}", gw.proc.stderr());
+    assert_eq!(first.headers()["x-ratelimit-limit-requests"], "7");
+    let r = post(&gw.url("/v1/chat/completions"), Some(&victor), &chat_body("gpt-4o", "hi")).await;
+    expect_error(r, 403, "model_blocked").await;
+    // The control plane provisions the user; from then on requests are theirs.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let user = loop {
+        let r = client().get(gw.url("/api/governance/users/idp-victor")).bearer_auth("sso-admin").send().await.unwrap();
+        if r.status() == 200 {
+            break r.json::<Value>().await.unwrap()["user"].clone();
+        }
+        assert!(Instant::now() < deadline, "never provisioned: {}", gw.proc.stderr());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (user["external_id"].as_str(), user["role"].as_str(), user["teams"].clone()),
+        (Some("idp:victor"), Some("viewer"), json!(["team-alpha"]))
+    );
+    assert_eq!(user["rate_limits"][0]["requests"], 7);
+    let r = chat(&gw, &victor).await;
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let db = rusqlite::Connection::open(gw.config_path.with_file_name("heimdall.db")).unwrap();
+    let own: i64 = db
+        .query_row(
+            "SELECT count(*) FROM audit_events WHERE type = 'api_request' AND user_id = 'idp-victor' AND team_id = 'team-alpha'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(own, 1, "the request after provisioning is charged to the user and their team");
 }

@@ -449,6 +449,10 @@ async fn sign_in(
                 entities[i].clone()
             }
             None => {
+                let mut body = body;
+                if let Value::Object(m) = &mut body {
+                    with_defaults(api, m);
+                }
                 let e = ApiEntity { kind: Kind::User, id: id.clone(), body, created_at: t, updated_at: t };
                 entities.push(e.clone());
                 e
@@ -616,4 +620,74 @@ pub(super) async fn whoami(api: &Api, req: &ControlRequest) -> ApiResult {
         StatusCode::OK,
         &json!({ "actor_type": c.actor_type(), "user": c.actor_id(), "role": c.role().as_str() }),
     )
+}
+
+/// The limits `identity.user_defaults` gives a user provisioned now.
+fn with_defaults(api: &Api, body: &mut serde_json::Map<String, Value>) {
+    let d = api.shared.snapshot.load().config.identity.user_defaults.clone();
+    let Ok(Value::Object(defaults)) = serde_json::to_value(d) else { return };
+    for (k, v) in defaults {
+        if !v.is_null() && !(v.as_array().is_some_and(Vec::is_empty)) {
+            body.entry(k).or_insert(v);
+        }
+    }
+}
+
+/// Provisions the users the cores met with a valid bearer token and no account: one at a time,
+/// each at most once (a burst of requests from a new user asks on every core).
+pub async fn provision_users(
+    api: std::sync::Arc<Api>,
+    mut wanted: tokio::sync::mpsc::UnboundedReceiver<crate::auth::Provision>,
+) {
+    while let Some(p) = wanted.recv().await {
+        let external_id = format!("{}:{}", p.provider, p.subject);
+        let _writes = api.catalog.lock_writes().await;
+        let file = api.catalog.file();
+        let mut entities = api.catalog.api();
+        let known = file.config.governance.users.iter().any(|u| u.external_id.as_deref() == Some(&external_id))
+            || entities.iter().any(|e| {
+                e.kind == Kind::User && e.body.get("external_id").and_then(Value::as_str) == Some(&external_id)
+            });
+        if known {
+            continue;
+        }
+        let Some(idp) = file.config.identity.providers.iter().find(|i| i.name == p.provider) else { continue };
+        let teams_known: HashSet<String> = file
+            .config
+            .governance
+            .teams
+            .iter()
+            .map(|t| t.id.clone())
+            .chain(entities.iter().filter(|e| e.kind == Kind::Team).map(|e| e.id.clone()))
+            .collect();
+        let (teams, _) = identity::teams_from_groups(idp, &p.groups, &teams_known);
+        let id = identity::user_id_for(&p.provider, &p.subject);
+        let mut body = serde_json::Map::new();
+        body.insert("id".into(), id.clone().into());
+        body.insert("external_id".into(), external_id.into());
+        body.insert("role".into(), p.role.as_str().into());
+        body.insert("teams".into(), json!(teams));
+        if let Some(e) = &p.email {
+            body.insert("email".into(), e.clone().into());
+        }
+        if let Some(n) = &p.name {
+            body.insert("name".into(), n.clone().into());
+        }
+        with_defaults(&api, &mut body);
+        let t = now();
+        let entity =
+            ApiEntity { kind: Kind::User, id: id.clone(), body: Value::Object(body), created_at: t, updated_at: t };
+        entities.push(entity.clone());
+        match governance::commit(&api, entities, Some(&entity), None).await {
+            Ok(()) => {
+                tracing::info!(user = %id, provider = %p.provider, "user provisioned from a bearer token");
+                let mut change = AuditEvent::data_change("create", "system", "-", "user", &id);
+                change.client_ip = None;
+                change.details =
+                    json!({ "action": "create", "by": "sso_bearer", "provider": p.provider, "teams": teams });
+                let _ = api.audit.send(change);
+            }
+            Err(e) => tracing::warn!(user = %id, "cannot provision a user from a bearer token: {e}"),
+        }
+    }
 }

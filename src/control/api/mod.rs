@@ -5,7 +5,7 @@ mod audit;
 mod governance;
 mod identity;
 
-pub use identity::Logins;
+pub use identity::{Logins, provision_users};
 
 use std::collections::HashMap;
 use std::sync::Arc;
