@@ -82,6 +82,8 @@ pub struct SsoUser {
     pub team: Option<Arc<str>>,
     pub customer: Option<Arc<str>>,
     pub chain: Vec<usize>,
+    /// The role given at the last sign-in (`role` of the user).
+    pub role: Option<crate::auth::Role>,
 }
 
 impl Identity {
@@ -386,6 +388,7 @@ impl Snapshot {
                 team: first_team.map(Into::into),
                 customer: customer.map(Into::into),
                 chain,
+                role: e.role.as_deref().and_then(crate::auth::Role::parse),
             });
         }
         let d = &c.identity.user_defaults;
@@ -399,6 +402,7 @@ impl Snapshot {
                     team: None,
                     customer: None,
                     chain: vec![e],
+                    role: None,
                 });
                 identity.users.len() - 1
             });

@@ -266,13 +266,17 @@ fn sso_user<'s>(
         (crate::config::IdpKind::Entra, Some(tid), Some(oid)) => format!("{tid}/{oid}"),
         _ => claims.sub.clone(),
     };
-    let role = mapped_role(rules, claims).or(rules.default_role).ok_or_else(|| {
+    let known = snap.identity.user(&rules.provider, &subject);
+    // A token without the role claim at all (Entra group overage) keeps the role the user was
+    // given at sign-in; a claim that is present but maps to nothing is a revocation.
+    let stored = known.filter(|_| !claims.extra.contains_key(&rules.roles_claim)).and_then(|u| u.role);
+    let role = mapped_role(rules, claims).or(stored).or(rules.default_role).ok_or_else(|| {
         GatewayError::UserNotAuthorized(format!("no role of provider '{}' maps from this token", rules.provider))
     })?;
     if rules.require_mfa.contains(&role) && !rules.mfa.shown_by(claims) {
         return Err(GatewayError::MfaRequired);
     }
-    let user = match snap.identity.user(&rules.provider, &subject) {
+    let user = match known {
         Some(u) => u,
         None => {
             let Some(slot) = snap.identity.unprovisioned.get(verified.issuer).copied().flatten() else {

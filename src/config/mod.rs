@@ -370,7 +370,7 @@ impl Default for IdentityConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IdpKind {
     Okta,
@@ -378,7 +378,7 @@ pub enum IdpKind {
     Oidc,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdpConfig {
     pub name: String,
@@ -407,13 +407,13 @@ pub struct IdpConfig {
     #[serde(default = "default_algorithm")]
     pub algorithm: String,
     /// Clock skew allowed on `exp` and `nbf`.
-    #[serde(default = "default_leeway", deserialize_with = "de_duration")]
+    #[serde(default = "default_leeway", deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub leeway: Duration,
     /// A valid token of a user the gateway does not know yet provisions that user (default true).
     #[serde(default = "default_true")]
     pub provision: bool,
     /// How often discovery and the JWKS are fetched again (an unknown `kid` also triggers it).
-    #[serde(default = "default_jwks_refresh", deserialize_with = "de_duration")]
+    #[serde(default = "default_jwks_refresh", deserialize_with = "de_duration", serialize_with = "ser_duration")]
     pub jwks_refresh: Duration,
 }
 
@@ -427,6 +427,11 @@ fn default_leeway() -> Duration {
 
 fn default_jwks_refresh() -> Duration {
     Duration::from_secs(600)
+}
+
+/// Written back the way `de_duration` reads it.
+fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
 }
 
 /// Durations are written as humans do: `300ms`, `30s`, `5m`, `12h`.

@@ -17,6 +17,8 @@ pub enum Kind {
     Team,
     User,
     VirtualKey,
+    /// `[[identity.providers]]` entries; their id is their `name`.
+    IdentityProvider,
 }
 
 impl Kind {
@@ -26,6 +28,7 @@ impl Kind {
             "teams" => Kind::Team,
             "users" => Kind::User,
             "virtual-keys" => Kind::VirtualKey,
+            "identity-providers" => Kind::IdentityProvider,
             _ => return None,
         })
     }
@@ -37,6 +40,7 @@ impl Kind {
             Kind::Team => "team",
             Kind::User => "user",
             Kind::VirtualKey => "virtual_key",
+            Kind::IdentityProvider => "identity_provider",
         }
     }
 
@@ -46,11 +50,14 @@ impl Kind {
             Kind::Team => "teams",
             Kind::User => "users",
             Kind::VirtualKey => "virtual_keys",
+            Kind::IdentityProvider => "identity_providers",
         }
     }
 
     fn parse(s: &str) -> Option<Kind> {
-        [Kind::Customer, Kind::Team, Kind::User, Kind::VirtualKey].into_iter().find(|k| k.as_str() == s)
+        [Kind::Customer, Kind::Team, Kind::User, Kind::VirtualKey, Kind::IdentityProvider]
+            .into_iter()
+            .find(|k| k.as_str() == s)
     }
 }
 
@@ -145,9 +152,11 @@ fn parse_body<T: DeserializeOwned>(e: &ApiEntity) -> Result<T, Refusal> {
 /// The file's config with the API's entities appended, validated as one.
 pub fn merge(file: &LoadedConfig, api: &[ApiEntity]) -> Result<LoadedConfig, Refusal> {
     let mut merged = file.clone();
-    let g = &mut merged.config.governance;
+    let c = &mut merged.config;
     for e in api {
+        let g = &mut c.governance;
         match e.kind {
+            Kind::IdentityProvider => c.identity.providers.push(parse_body(e)?),
             Kind::Customer => g.customers.push(parse_body(e)?),
             Kind::Team => g.teams.push(parse_body(e)?),
             Kind::User => g.users.push(parse_body(e)?),

@@ -74,8 +74,9 @@ impl KeyFetcher {
         })
     }
 
+    /// The file's providers and the API's, as the published snapshot has them.
     fn providers(&self) -> Vec<IdpConfig> {
-        self.catalog.file().config.identity.providers
+        self.shared.snapshot.load().config.identity.providers.clone()
     }
 
     async fn fetch_due(&mut self) {

@@ -205,9 +205,14 @@ async fn sign_ins_without_mfa_for_an_admin_or_without_a_mapped_role_are_refused_
 
 #[tokio::test]
 async fn entra_group_overage_is_fetched_and_a_failed_fetch_keeps_memberships() {
-    let s = setup(&format!("/{ENTRA_TID}/v2.0"), "entra", "users-entra.json", "roles_claim = \"groups\"", &[]);
+    let extra = "roles_claim = \"groups\"\naudience = \"api://gateway\"";
+    let s = setup(&format!("/{ENTRA_TID}/v2.0"), "entra", "users-entra.json", extra, &[]);
     let b = Browser::new();
     signed_in(sign_in(&s, &b, "dave").await).await;
+    // dave's access tokens carry no groups either (overage): on /v1 the role from sign-in stands.
+    let token = s.op.token(json!({ "sub": "dave" })).await;
+    let r = post(&s.gw.url("/v1/chat/completions"), Some(&token), &chat_body("gpt-4o-mini", "hi")).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     let users = admin_get(&s, "/api/governance/users").await;
     let dave = users["users"].as_array().unwrap().iter().find(|u| u["email"] == "dave@contoso.test").unwrap().clone();
     assert_eq!(dave["teams"], json!(["team-gamma"]), "{dave}");

@@ -280,3 +280,54 @@ async fn an_unknown_users_token_provisions_them_and_the_default_policy_governs_f
         .unwrap();
     assert_eq!(own, 1, "the request after provisioning is charged to the user and their team");
 }
+
+#[tokio::test]
+async fn identity_providers_added_through_the_api_are_fetched_and_accept_tokens_and_admins_alone_manage_them() {
+    let (mock, _d) = mock(&[]);
+    let op = op("", "api://gateway", "users.json");
+    let cfg = config(&mock.addr, "").replace("[server]\n", "[server]\nadmin_token = \"idp-admin\"\n");
+    let gw = gateway(&cfg);
+    let admin = |m: reqwest::Method, path: &str| client().request(m, gw.url(path)).bearer_auth("idp-admin");
+    let r = admin(reqwest::Method::POST, "/api/identity/providers")
+        .json(&json!({
+            "name": "api-idp", "kind": "oidc", "issuer": op.issuer, "client_id": "gateway",
+            "client_secret": "gateway-secret", "audience": "api://gateway",
+            "role_map": { "gw-developers": "developer" }, "algorithm": "HS256"
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(expect_error(r, 400, "invalid_request").await.contains("algorithm"));
+    let r = admin(reqwest::Method::POST, "/api/identity/providers")
+        .json(&json!({
+            "name": "api-idp", "kind": "oidc", "issuer": op.issuer, "client_id": "gateway",
+            "client_secret": "gateway-secret", "audience": "api://gateway",
+            "role_map": { "gw-developers": "developer" }
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let listed: Value =
+        admin(reqwest::Method::GET, "/api/identity/providers").send().await.unwrap().json().await.unwrap();
+    let p = &listed["identity_providers"][0];
+    assert_eq!((p["name"].as_str(), p["managed_by"].as_str()), (Some("api-idp"), Some("api")));
+    assert!(p.get("client_secret").is_none(), "secrets are never shown: {p}");
+    // Its keys are fetched and bob's token provisions bob under it.
+    let bob = op.token(json!({ "sub": "bob" })).await;
+    assert_eq!(until_accepted(&gw, &bob).await.status(), 200, "{}", gw.proc.stderr());
+    // bob is a developer: identity providers are the admin's alone.
+    let r = client().get(gw.url("/api/identity/providers")).bearer_auth(&bob).send().await.unwrap();
+    expect_error(r, 403, "user_not_authorized").await;
+    // Deleting a provider that still has users is refused until they go.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while admin(reqwest::Method::GET, "/api/governance/users/api-idp-bob").send().await.unwrap().status() != 200 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = admin(reqwest::Method::DELETE, "/api/identity/providers/api-idp").send().await.unwrap();
+    expect_error(r, 409, "conflict").await;
+    assert_eq!(admin(reqwest::Method::DELETE, "/api/governance/users/api-idp-bob").send().await.unwrap().status(), 200);
+    assert_eq!(admin(reqwest::Method::DELETE, "/api/identity/providers/api-idp").send().await.unwrap().status(), 200);
+    expect_error(chat(&gw, &bob).await, 403, "virtual_key_not_found").await;
+}

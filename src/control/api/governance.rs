@@ -29,11 +29,19 @@ pub(super) async fn route(api: &Api, req: &ControlRequest, by: &Caller, method: 
     }
 }
 
-/// One entity as the API shows it: its fields, who manages it, never a key's secret.
+/// The field that holds an entity's id: `name` for identity providers, `id` for the rest.
+fn id_field(kind: Kind) -> &'static str {
+    if kind == Kind::IdentityProvider { "name" } else { "id" }
+}
+
+/// One entity as the API shows it: its fields, who manages it, never a secret.
 fn view(kind: Kind, mut body: Value, managed_by: &str, times: Option<(i64, i64)>) -> Value {
     if let Value::Object(m) = &mut body {
         if kind == Kind::VirtualKey {
             m.remove("value");
+        }
+        if kind == Kind::IdentityProvider {
+            m.remove("client_secret");
         }
         m.retain(|_, v| !v.is_null());
         m.insert("managed_by".into(), managed_by.into());
@@ -55,6 +63,9 @@ fn all(api: &Api, kind: Kind) -> Vec<(String, Value)> {
         Kind::Team => g.teams.iter().map(|e| (e.id.clone(), to_value(serde_json::to_value(e)))).collect(),
         Kind::User => g.users.iter().map(|e| (e.id.clone(), to_value(serde_json::to_value(e)))).collect(),
         Kind::VirtualKey => g.virtual_keys.iter().map(|e| (e.id.clone(), to_value(serde_json::to_value(e)))).collect(),
+        Kind::IdentityProvider => {
+            file.config.identity.providers.iter().map(|e| (e.name.clone(), to_value(serde_json::to_value(e)))).collect()
+        }
     };
     out.iter_mut().for_each(|(_, v)| *v = view(kind, v.take(), "config", None));
     for e in api.catalog.api().into_iter().filter(|e| e.kind == kind) {
@@ -220,18 +231,20 @@ fn id_prefix(kind: Kind) -> &'static str {
         Kind::Team => "team",
         Kind::User => "user",
         Kind::VirtualKey => "vk",
+        Kind::IdentityProvider => "idp",
     }
 }
 
 async fn create(api: &Api, req: &ControlRequest, by: &Caller, kind: Kind) -> ApiResult {
     let mut body = body_object(req)?;
     refuse_secret_fields(kind, &body)?;
-    let id = match body.get("id") {
+    let field = id_field(kind);
+    let id = match body.get(field) {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        Some(_) => return Err(GatewayError::InvalidRequest("id: must be a non-empty string".into())),
+        Some(_) => return Err(GatewayError::InvalidRequest(format!("{field}: must be a non-empty string"))),
         None => format!("{}-{}", id_prefix(kind), uuid::Uuid::now_v7().simple()),
     };
-    body.insert("id".into(), id.clone().into());
+    body.insert(field.into(), id.clone().into());
     let _writes = api.catalog.lock_writes().await;
     if all(api, kind).iter().any(|(i, _)| *i == id) {
         return Err(GatewayError::Conflict(format!("{} '{id}' already exists", kind.as_str())));
@@ -274,8 +287,9 @@ fn editable(api: &Api, kind: Kind, id: &str) -> Result<(Vec<ApiEntity>, usize), 
 async fn update(api: &Api, req: &ControlRequest, by: &Caller, kind: Kind, id: &str, merge: bool) -> ApiResult {
     let patch = body_object(req)?;
     refuse_secret_fields(kind, &patch)?;
-    if patch.get("id").is_some_and(|v| v != id) {
-        return Err(GatewayError::InvalidRequest("id: cannot be changed".into()));
+    let field = id_field(kind);
+    if patch.get(field).is_some_and(|v| v != id) {
+        return Err(GatewayError::InvalidRequest(format!("{field}: cannot be changed")));
     }
     let _writes = api.catalog.lock_writes().await;
     let (mut next, i) = editable(api, kind, id)?;
@@ -288,7 +302,7 @@ async fn update(api: &Api, req: &ControlRequest, by: &Caller, kind: Kind, id: &s
             body.insert(k, v);
         }
     }
-    body.insert("id".into(), id.into());
+    body.insert(field.into(), id.into());
     if let Some(h) = old.get("value_sha256") {
         body.insert("value_sha256".into(), h.clone());
     }
@@ -324,6 +338,14 @@ fn dependents(api: &Api, kind: Kind, id: &str) -> Vec<String> {
         }
         Kind::User => check(Kind::VirtualKey, "user"),
         Kind::VirtualKey => {}
+        Kind::IdentityProvider => {
+            let prefix = format!("{id}:");
+            for (dep, v) in all(api, Kind::User) {
+                if v.get("external_id").and_then(Value::as_str).is_some_and(|x| x.starts_with(&prefix)) {
+                    out.push(format!("user '{dep}'"));
+                }
+            }
+        }
     }
     out
 }

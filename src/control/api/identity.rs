@@ -651,7 +651,8 @@ pub async fn provision_users(
         if known {
             continue;
         }
-        let Some(idp) = file.config.identity.providers.iter().find(|i| i.name == p.provider) else { continue };
+        let snap = api.shared.snapshot.load_full();
+        let Some(idp) = snap.config.identity.providers.iter().find(|i| i.name == p.provider) else { continue };
         let teams_known: HashSet<String> = file
             .config
             .governance

@@ -67,6 +67,12 @@ impl Api {
             ("GET", ["auth", "callback"]) => identity::callback(self, req).await,
             ("POST", ["logout"]) => identity::logout(self, req).await,
             ("GET", ["api", "identity", "session"]) => identity::whoami(self, req).await,
+            (_, ["api", "identity", "providers", rest @ ..]) => {
+                let caller = identity::caller(self, req).await?;
+                caller.may(Resource::Identity, if method == "GET" { Op::Read } else { Op::Write })?;
+                let path: Vec<&str> = std::iter::once("identity-providers").chain(rest.iter().copied()).collect();
+                governance::route(self, req, &caller, method, &path).await
+            }
             ("GET", ["api", "governance", "virtual-keys", "quota"]) => governance::quota(self, req),
             (_, ["api", "governance", rest @ ..]) => {
                 let caller = identity::caller(self, req).await?;
@@ -77,6 +83,7 @@ impl Api {
                         Some(catalog::Kind::Team) => Resource::Teams,
                         Some(catalog::Kind::User) => Resource::Users,
                         Some(catalog::Kind::VirtualKey) => Resource::VirtualKeys,
+                        Some(catalog::Kind::IdentityProvider) => Resource::Identity,
                         None => return Err(GatewayError::NotFound(format!("{method} {}", req.uri.path()))),
                     },
                     [] => return Err(GatewayError::NotFound(format!("{method} {}", req.uri.path()))),
