@@ -193,3 +193,13 @@ pub fn swap(shared: &Shared, snapshot: Snapshot) -> u64 {
 pub async fn publish(shared: &Arc<Shared>, merged: LoadedConfig) -> Result<u64, String> {
     Ok(swap(shared, build(shared, merged).await?))
 }
+
+/// Rebuilds and publishes the snapshot from the catalog as it stands, when something outside it
+/// changed (provider addresses, identity provider keys); one change at a time.
+pub async fn rebuild(shared: &Arc<Shared>, catalog: &Catalog) -> Result<u64, String> {
+    let _writes = catalog.lock_writes().await;
+    match merge(&catalog.file(), &catalog.api()) {
+        Ok(merged) => publish(shared, merged).await,
+        Err(r) => Err(format!("{}: {}", r.field, r.reason)),
+    }
+}

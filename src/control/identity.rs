@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use super::catalog::{Catalog, merge, publish};
+use super::catalog::Catalog;
 use crate::audit::event::AuditEvent;
 use crate::auth::jwt::{TokenIssuer, parse_algorithm};
 use crate::config::IdpConfig;
@@ -117,12 +117,7 @@ impl KeyFetcher {
         if !changed {
             return;
         }
-        let _writes = self.catalog.lock_writes().await;
-        let rebuilt = match merge(&self.catalog.file(), &self.catalog.api()) {
-            Ok(merged) => publish(&self.shared, merged).await,
-            Err(r) => Err(format!("{}: {}", r.field, r.reason)),
-        };
-        match rebuilt {
+        match super::catalog::rebuild(&self.shared, &self.catalog).await {
             Ok(version) => tracing::info!(version, "identity provider keys changed; snapshot rebuilt"),
             Err(e) => tracing::warn!("cannot rebuild the snapshot with new identity provider keys: {e}"),
         }

@@ -140,12 +140,7 @@ impl Reloader {
         if !changed {
             return;
         }
-        let _writes = self.catalog.lock_writes().await;
-        let rebuilt = match merge(&self.catalog.file(), &self.catalog.api()) {
-            Ok(merged) => publish(&self.shared, merged).await,
-            Err(r) => Err(format!("{}: {}", r.field, r.reason)),
-        };
-        match rebuilt {
+        match super::catalog::rebuild(&self.shared, &self.catalog).await {
             Ok(version) => tracing::info!(version, "provider addresses changed; snapshot rebuilt"),
             Err(e) => tracing::warn!("cannot rebuild the snapshot after a DNS change: {e}"),
         }

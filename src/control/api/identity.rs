@@ -347,6 +347,19 @@ struct SignedIn {
     teams: Vec<String>,
 }
 
+/// Every team's id: the file's and the API's.
+fn known_teams(file: &crate::config::LoadedConfig, entities: &[ApiEntity]) -> HashSet<String> {
+    let file_teams = file.config.governance.teams.iter().map(|t| t.id.clone());
+    file_teams.chain(entities.iter().filter(|e| e.kind == Kind::Team).map(|e| e.id.clone())).collect()
+}
+
+/// The API user that carries `external_id`.
+fn by_external_id(entities: &[ApiEntity], external_id: &str) -> Option<usize> {
+    entities
+        .iter()
+        .position(|e| e.kind == Kind::User && e.body.get("external_id").and_then(Value::as_str) == Some(external_id))
+}
+
 /// Maps the claims to a role and teams, then provisions the user or brings them up to date.
 async fn sign_in(
     api: &Api,
@@ -377,12 +390,9 @@ async fn sign_in(
     let mut mapped = role_values.iter().filter_map(|v| rules.role_map.get(v).copied()).max();
     if mapped.is_none() && groups.is_none() {
         // The groups could not be read: the role they gave last time stands, like the teams.
-        mapped = api
-            .catalog
-            .api()
-            .iter()
-            .find(|e| e.kind == Kind::User && e.body.get("external_id").and_then(Value::as_str) == Some(&external_id))
-            .and_then(|e| e.body.get("role").and_then(Value::as_str).and_then(Role::parse));
+        let entities = api.catalog.api();
+        mapped = by_external_id(&entities, &external_id)
+            .and_then(|i| entities[i].body.get("role").and_then(Value::as_str).and_then(Role::parse));
     }
     let role = mapped.or(rules.default_role).ok_or_else(|| {
         refused(
@@ -401,17 +411,8 @@ async fn sign_in(
         // Managed by the config file: its teams and limits are the file's to change.
         return Ok(SignedIn { user: u.id.clone(), role, teams: u.teams.clone() });
     }
-    let teams_known: HashSet<String> = file
-        .config
-        .governance
-        .teams
-        .iter()
-        .map(|t| t.id.clone())
-        .chain(entities.iter().filter(|e| e.kind == Kind::Team).map(|e| e.id.clone()))
-        .collect();
-    let at = entities
-        .iter()
-        .position(|e| e.kind == Kind::User && e.body.get("external_id").and_then(Value::as_str) == Some(&external_id));
+    let teams_known = known_teams(&file, &entities);
+    let at = by_external_id(&entities, &external_id);
     let old_body = at.map(|i| entities[i].body.clone());
     let old_teams: Vec<String> = old_body
         .as_ref()
@@ -645,22 +646,13 @@ pub async fn provision_users(
         let file = api.catalog.file();
         let mut entities = api.catalog.api();
         let known = file.config.governance.users.iter().any(|u| u.external_id.as_deref() == Some(&external_id))
-            || entities.iter().any(|e| {
-                e.kind == Kind::User && e.body.get("external_id").and_then(Value::as_str) == Some(&external_id)
-            });
+            || by_external_id(&entities, &external_id).is_some();
         if known {
             continue;
         }
         let snap = api.shared.snapshot.load_full();
         let Some(idp) = snap.config.identity.providers.iter().find(|i| i.name == p.provider) else { continue };
-        let teams_known: HashSet<String> = file
-            .config
-            .governance
-            .teams
-            .iter()
-            .map(|t| t.id.clone())
-            .chain(entities.iter().filter(|e| e.kind == Kind::Team).map(|e| e.id.clone()))
-            .collect();
+        let teams_known = known_teams(&file, &entities);
         let (teams, _) = identity::teams_from_groups(idp, &p.groups, &teams_known);
         let id = identity::user_id_for(&p.provider, &p.subject);
         let mut body = serde_json::Map::new();
