@@ -131,7 +131,7 @@ impl Snapshot {
     }
 }
 
-/// A verified token remembered by one core until it expires: RS256 costs ~100 µs, a lookup ~100 ns.
+/// A verified token remembered by one core until it expires: RS256 costs ~90 µs, a hit well under 1 µs.
 #[derive(Debug, Clone, Copy)]
 struct CachedToken {
     snapshot_version: u64,
@@ -140,11 +140,12 @@ struct CachedToken {
     role: Role,
 }
 
-/// One core's verified tokens, by SHA-256 of the token, plus the issuers whose keys it found
+/// One core's verified tokens, keyed by the whole token (a hit compares every byte, so a fast
+/// non-cryptographic hash is safe here), plus the issuers whose keys it found
 /// stale (an unknown `kid`) for the caller to ask the control plane to refresh.
 #[derive(Debug, Default)]
 pub struct TokenCache {
-    verified: FxHashMap<[u8; 32], CachedToken>,
+    verified: FxHashMap<Box<str>, CachedToken>,
     pub refresh_wanted: Option<String>,
     /// Users seen with a valid token and no account yet, for the control plane to provision.
     pub provision_wanted: Vec<Provision>,
@@ -164,17 +165,17 @@ pub struct Provision {
 }
 
 /// Entries one core keeps; when full, expired ones go, and if none has, all do.
-const TOKEN_CACHE_MAX: usize = 16_384;
+const TOKEN_CACHE_MAX: usize = 4096;
 
 impl TokenCache {
-    fn remember(&mut self, hash: [u8; 32], t: CachedToken, now: u64) {
+    fn remember(&mut self, token: &str, t: CachedToken, now: u64) {
         if self.verified.len() >= TOKEN_CACHE_MAX {
             self.verified.retain(|_, v| v.expires_at > now);
             if self.verified.len() >= TOKEN_CACHE_MAX {
                 self.verified.clear();
             }
         }
-        self.verified.insert(hash, t);
+        self.verified.insert(token.into(), t);
     }
 }
 
@@ -197,7 +198,8 @@ pub fn authenticate<'s>(
     tokens: &mut TokenCache,
     now: u64,
 ) -> Result<Principal<'s>, GatewayError> {
-    if let Some(token) = bearer(headers).filter(|t| snap.identity.accepts_bearer && jwt::looks_like_jwt(t)) {
+    let jwt = if snap.identity.accepts_bearer { bearer(headers).filter(|t| jwt::looks_like_jwt(t)) } else { None };
+    if let Some(token) = jwt {
         let (user, role) = sso_user(snap, token, tokens, now)?;
         let key = match key_header(headers) {
             Some(k) => Some(active_key(snap, k)?),
@@ -242,8 +244,7 @@ fn sso_user<'s>(
     tokens: &mut TokenCache,
     now: u64,
 ) -> Result<(&'s SsoUser, Role), GatewayError> {
-    let hash = hash_key(token);
-    if let Some(t) = tokens.verified.get(&hash)
+    if let Some(t) = tokens.verified.get(token)
         && t.snapshot_version == snap.version
         && t.expires_at > now
     {
@@ -308,7 +309,7 @@ fn sso_user<'s>(
         }
     };
     let cached = CachedToken { snapshot_version: snap.version, expires_at: claims.exp, user: user.index, role };
-    tokens.remember(hash, cached, now);
+    tokens.remember(token, cached, now);
     Ok((user, role))
 }
 
