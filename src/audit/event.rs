@@ -2,12 +2,12 @@
 //! and its canonical bytes for the hash chain. Carries no prompt or completion text.
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::value::RawValue;
 
 use super::{Outcome, RequestRecord};
 
 /// Field order is the canonical order hashed into the chain: never reorder, only append.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AuditEvent {
     pub id: String,
     pub timestamp_ms: i64,
@@ -27,7 +27,33 @@ pub struct AuditEvent {
     pub user_id: Option<String>,
     pub virtual_key_id: Option<String>,
     pub request_id: Option<String>,
-    pub details: serde_json::Value,
+    /// JSON text, hashed and stored exactly as written (never re-serialized, so a row read back
+    /// hashes the same whatever its key order).
+    pub details: Box<RawValue>,
+}
+
+/// `value` as details JSON (a `Value` always serializes; `null` is the unreachable fallback).
+pub fn details(value: &impl Serialize) -> Box<RawValue> {
+    serde_json::value::to_raw_value(value).unwrap_or_default()
+}
+
+/// A request's details, serialized straight from the record (no intermediate JSON tree).
+#[derive(Serialize)]
+struct RequestDetails<'a> {
+    route: &'a str,
+    status: u16,
+    error_type: Option<&'a str>,
+    ended: &'a str,
+    provider: Option<&'a str>,
+    model: Option<&'a str>,
+    stream: bool,
+    attempts: u32,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    cost_micros: Option<u64>,
+    latency_us: u64,
+    ttfb_us: Option<u64>,
+    core: u16,
 }
 
 fn now_ms() -> i64 {
@@ -42,14 +68,15 @@ fn new_id() -> String {
 }
 
 impl AuditEvent {
-    /// The bytes the chain hashes: the record's JSON with its fields in declaration order
-    /// (`details` keys sorted), so a row read back from the store hashes the same.
+    /// The bytes the chain hashes: the record's JSON with its fields in declaration order and
+    /// `details` verbatim, so a row read back from the store hashes the same.
     pub fn canonical(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
     /// An event raised by the control plane itself (admin changes, reloads, alerts).
     pub fn system(category: &str, r#type: &str, outcome: &str, details: serde_json::Value) -> Self {
+        let details = self::details(&details);
         AuditEvent {
             id: new_id(),
             timestamp_ms: now_ms(),
@@ -78,7 +105,7 @@ impl AuditEvent {
             client_ip: Some(client_ip.into()),
             target_type: Some(target_type.into()),
             target_id: Some(target_id.into()),
-            ..AuditEvent::system("data", r#type, "success", json!({ "action": action }))
+            ..AuditEvent::system("data", r#type, "success", serde_json::json!({ "action": action }))
         }
     }
 
@@ -122,21 +149,21 @@ impl AuditEvent {
             user_id: r.user.as_deref().map(Into::into),
             virtual_key_id: r.virtual_key.as_deref().map(Into::into),
             request_id: Some(r.request_id.to_string()),
-            details: json!({
-                "route": r.route.as_str(),
-                "status": r.status,
-                "error_type": r.error_type,
-                "ended": ended,
-                "provider": r.provider.as_deref(),
-                "model": r.model,
-                "stream": r.stream,
-                "attempts": r.attempts,
-                "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens,
-                "cost_micros": r.cost_micros,
-                "latency_us": r.latency_us,
-                "ttfb_us": r.ttfb_us,
-                "core": r.core,
+            details: details(&RequestDetails {
+                route: r.route.as_str(),
+                status: r.status,
+                error_type: r.error_type,
+                ended,
+                provider: r.provider.as_deref(),
+                model: r.model.as_deref(),
+                stream: r.stream,
+                attempts: r.attempts.into(),
+                prompt_tokens: usage.prompt_tokens,
+                completion_tokens: usage.completion_tokens,
+                cost_micros: r.cost_micros,
+                latency_us: r.latency_us,
+                ttfb_us: r.ttfb_us,
+                core: r.core,
             }),
         }
     }
@@ -179,8 +206,39 @@ mod tests {
     }
 
     #[test]
+    fn a_request_record_hashes_the_same_after_a_trip_through_the_store_shape() {
+        let r = RequestRecord {
+            request_id: uuid::Uuid::nil(),
+            at_unix_ms: 1_800_000_000_000,
+            core: 1,
+            route: crate::metrics::RouteLabel::ChatCompletions,
+            status: 200,
+            error_type: None,
+            outcome: Outcome::Completed,
+            client_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            virtual_key: Some("vk-a".into()),
+            user: Some("u".into()),
+            team: None,
+            customer: None,
+            provider: Some("openai".into()),
+            model: Some("gpt-4o-mini".into()),
+            stream: true,
+            attempts: 2,
+            usage: None,
+            cost_micros: Some(42),
+            latency_us: 900,
+            ttfb_us: Some(300),
+        };
+        let e = AuditEvent::from_request(&r);
+        let details: serde_json::Value = serde_json::from_str(e.details.get()).unwrap();
+        assert_eq!(details["status"], 200);
+        let back: AuditEvent = serde_json::from_slice(&e.canonical()).unwrap();
+        assert_eq!(link(&[0; 32], &back, None), link(&[0; 32], &e, None));
+    }
+
+    #[test]
     fn a_changed_field_or_key_breaks_the_link() {
-        let e = AuditEvent::system("security", "config_reload", "success", json!({ "version": 2 }));
+        let e = AuditEvent::system("security", "config_reload", "success", serde_json::json!({ "version": 2 }));
         let h = link(&[0; 32], &e, None);
         let mut tampered = e.clone();
         tampered.outcome = "failure".into();

@@ -87,7 +87,12 @@ fn row_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
             user_id: r.get(13)?,
             virtual_key_id: r.get(14)?,
             request_id: r.get(15)?,
-            details: serde_json::from_str(&details).unwrap_or(serde_json::Value::String(details)),
+            // Verbatim, as hashed; a row whose text is no JSON at all (edited by hand) keeps its
+            // text as a JSON string, so verify reports it rather than the read failing.
+            details: match serde_json::value::RawValue::from_string(details) {
+                Ok(raw) => raw,
+                Err(e) => crate::audit::event::details(&format!("unreadable details: {e}")),
+            },
         },
         prev_hash: r.get(17)?,
         hash: r.get(18)?,
@@ -135,7 +140,7 @@ impl Store {
                     e.user_id,
                     e.virtual_key_id,
                     e.request_id,
-                    e.details.to_string(),
+                    e.details.get(),
                     prev,
                     hash
                 ])?;

@@ -150,7 +150,7 @@ pub(super) fn export(
                         o(&e.user_id),
                         o(&e.virtual_key_id),
                         o(&e.request_id),
-                        e.details.to_string(),
+                        e.details.get().to_string(),
                         hex::encode(&r.hash),
                     ]);
                     let _ = w.flush();
@@ -171,7 +171,9 @@ pub(super) fn export(
         let mut event = crate::audit::event::AuditEvent::data_change("export", actor_type, &peer, "audit_events", "*");
         event.r#type = "data_export".into();
         event.actor_id = actor_id;
-        event.details = serde_json::json!({ "format": if csv { "csv" } else { "jsonl" }, "rows": rows, "bytes": bytes, "filter": details_filter });
+        event.details = crate::audit::event::details(
+            &serde_json::json!({ "format": if csv { "csv" } else { "jsonl" }, "rows": rows, "bytes": bytes, "filter": details_filter }),
+        );
         let _ = audit.send(event);
     });
     let mut resp = http::Response::new(ControlBody::Stream(rx));

@@ -462,7 +462,7 @@ async fn sign_in(
         governance::commit(api, entities, Some(&entity), None).await.map_err(|e| refused("provisioning_failed", e))?;
         let action = if at.is_some() { "update" } else { "create" };
         let mut change = AuditEvent::data_change(action, "system", &req.peer.ip().to_string(), "user", &id);
-        change.details = json!({ "action": action, "by": "sso", "provider": p.name });
+        change.details = crate::audit::event::details(&json!({ "action": action, "by": "sso", "provider": p.name }));
         let _ = api.audit.send(change);
     }
     let added: Vec<&String> = teams.iter().filter(|t| !old_teams.contains(t)).collect();
@@ -676,8 +676,9 @@ pub async fn provision_users(
                 tracing::info!(user = %id, provider = %p.provider, "user provisioned from a bearer token");
                 let mut change = AuditEvent::data_change("create", "system", "-", "user", &id);
                 change.client_ip = None;
-                change.details =
-                    json!({ "action": "create", "by": "sso_bearer", "provider": p.provider, "teams": teams });
+                change.details = crate::audit::event::details(
+                    &json!({ "action": "create", "by": "sso_bearer", "provider": p.provider, "teams": teams }),
+                );
                 let _ = api.audit.send(change);
             }
             Err(e) => tracing::warn!(user = %id, "cannot provision a user from a bearer token: {e}"),
