@@ -39,6 +39,10 @@ struct Pending {
 #[derive(Default)]
 pub struct Logins {
     pending: std::sync::Mutex<HashMap<String, Pending>>,
+    /// Sessions whose tokens are being refreshed right now. Providers rotate refresh tokens, so a
+    /// second refresh with the same token would fail and end the session: concurrent requests of
+    /// the session go on with it as it is while the first one refreshes.
+    refreshing: std::sync::Mutex<HashSet<Vec<u8>>>,
 }
 
 impl Logins {
@@ -47,6 +51,21 @@ impl Logins {
             Ok(p) => p,
             Err(poisoned) => poisoned.into_inner(),
         }
+    }
+
+    /// Marks the session as refreshing; false when another request already is.
+    fn begin_refresh(&self, id_hash: &[u8]) -> bool {
+        match self.refreshing.lock() {
+            Ok(mut r) => r.insert(id_hash.to_vec()),
+            Err(poisoned) => poisoned.into_inner().insert(id_hash.to_vec()),
+        }
+    }
+
+    fn end_refresh(&self, id_hash: &[u8]) {
+        match self.refreshing.lock() {
+            Ok(mut r) => r.remove(id_hash),
+            Err(poisoned) => poisoned.into_inner().remove(id_hash),
+        };
     }
 }
 
@@ -525,11 +544,10 @@ async fn session(api: &Api, req: &ControlRequest) -> Result<Option<Session>, Gat
     let Some(sid) = cookie_value(req, SESSION_COOKIE) else { return Ok(None) };
     let hash = crate::auth::hash_key(sid).to_vec();
     let t = now();
-    let Some(mut s) = api.with_store(|st| st.session(&hash, t)).map_err(|e| GatewayError::Internal(e.to_string()))?
-    else {
+    let Some(s) = api.with_store(|st| st.session(&hash, t)).map_err(|e| GatewayError::Internal(e.to_string()))? else {
         return Ok(None);
     };
-    if t < s.tokens_expire_at {
+    if t < s.tokens_expire_at || !api.logins.begin_refresh(&hash) {
         return Ok(Some(s));
     }
     // Silent refresh: new tokens, and the role and MFA rule checked again against them.
@@ -544,6 +562,21 @@ async fn session(api: &Api, req: &ControlRequest) -> Result<Option<Session>, Gat
         Ok::<_, String>((tokens, signed_in))
     }
     .await;
+    // Ends the refresh once the session row holds its outcome, so no request can start another
+    // refresh from the old (already rotated) refresh token.
+    let outcome = session_refreshed(api, req, s, &hash, t, refreshed);
+    api.logins.end_refresh(&hash);
+    outcome
+}
+
+fn session_refreshed(
+    api: &Api,
+    req: &ControlRequest,
+    mut s: Session,
+    hash: &[u8],
+    t: i64,
+    refreshed: Result<(TokenResponse, SignedIn), String>,
+) -> Result<Option<Session>, GatewayError> {
     match refreshed {
         Ok((tokens, signed_in)) => {
             s.role = signed_in.role.as_str().into();
@@ -557,7 +590,7 @@ async fn session(api: &Api, req: &ControlRequest) -> Result<Option<Session>, Gat
             Ok(Some(s))
         }
         Err(reason) => {
-            let _ = api.with_store(|st| st.delete_session(&hash));
+            let _ = api.with_store(|st| st.delete_session(hash));
             let details = json!({ "provider": s.provider, "reason": reason });
             let _ = api.audit.send(user_event(event("access", "token_refresh", "failure", req, details), &s.user_id));
             Ok(None)
