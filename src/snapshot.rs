@@ -87,6 +87,11 @@ pub struct SsoUser {
 }
 
 impl Identity {
+    /// The index of the provider called `name` in `issuers` and `rules`.
+    pub fn provider_index(&self, name: &str) -> Option<usize> {
+        self.issuers.iter().position(|i| i.provider == name)
+    }
+
     pub fn user(&self, provider: &str, subject: &str) -> Option<&SsoUser> {
         let mut key = String::with_capacity(provider.len() + subject.len() + 1);
         key.push_str(provider);

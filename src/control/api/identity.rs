@@ -333,6 +333,13 @@ async fn complete(
     Ok(r)
 }
 
+/// Where the snapshot holds `p`'s keys and rules (it may have been removed meanwhile).
+fn provider_index(snap: &crate::snapshot::Snapshot, p: &IdpConfig) -> Result<usize, Refused> {
+    snap.identity
+        .provider_index(&p.name)
+        .ok_or_else(|| refused("unknown_provider", GatewayError::Internal("provider not in snapshot".into())))
+}
+
 /// The verified claims of the token response's ID token (its nonce checked when given).
 fn id_claims(api: &Api, p: &IdpConfig, tokens: &TokenResponse, nonce: Option<&str>) -> Result<Claims, Refused> {
     let id_token = tokens
@@ -340,12 +347,7 @@ fn id_claims(api: &Api, p: &IdpConfig, tokens: &TokenResponse, nonce: Option<&st
         .as_deref()
         .ok_or_else(|| refused("no_id_token", GatewayError::Upstream("the provider sent no ID token".into())))?;
     let snap = api.shared.snapshot.load();
-    let issuer = snap
-        .identity
-        .issuers
-        .iter()
-        .find(|i| i.provider == p.name)
-        .ok_or_else(|| refused("unknown_provider", GatewayError::Internal("provider not in snapshot".into())))?;
+    let issuer = &snap.identity.issuers[provider_index(&snap, p)?];
     let claims = jwt::verify_id_token(issuer, id_token, &p.client_id, now().max(0) as u64).map_err(|e| {
         if matches!(e, jwt::JwtError::UnknownKey(_)) {
             let _ = api.shared.jwks_refresh.send(p.name.clone());
@@ -388,12 +390,7 @@ async fn sign_in(
     access_token: &str,
 ) -> Result<SignedIn, Refused> {
     let snap = api.shared.snapshot.load_full();
-    let rules = snap
-        .identity
-        .rules
-        .iter()
-        .find(|r| r.provider == p.name)
-        .ok_or_else(|| refused("unknown_provider", GatewayError::Internal("provider not in snapshot".into())))?;
+    let rules = &snap.identity.rules[provider_index(&snap, p)?];
     if !rules.tenants.is_empty() && !claims.tid.as_ref().is_some_and(|t| rules.tenants.contains(t)) {
         return Err(refused("tenant_not_allowed", GatewayError::UserNotAuthorized("tenant not allowed".into())));
     }
