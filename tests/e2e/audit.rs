@@ -25,6 +25,11 @@ async fn events(gw: &Gateway, query: &str) -> Vec<Value> {
     v["events"].as_array().unwrap().clone()
 }
 
+/// `GET path` with the admin token, as JSON.
+async fn admin_json(gw: &Gateway, path: &str) -> Value {
+    client().get(gw.url(path)).bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap()
+}
+
 async fn wait_for(gw: &Gateway, query: &str, n: usize) -> Vec<Value> {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
@@ -74,25 +79,9 @@ async fn every_request_yields_exactly_one_record_with_its_outcome() {
     let failed = events(&gw, "&outcome=failure").await;
     assert_eq!((failed.len(), failed[0]["details"]["status"].as_u64()), (1, Some(502)));
     // Newest first, and cursors page through without overlap.
-    let page: Value = client()
-        .get(gw.url("/api/enterprise/audit/events?limit=4"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Value = admin_json(&gw, "/api/enterprise/audit/events?limit=4").await;
     let cursor = page["next_cursor"].as_str().unwrap();
-    let rest: Value = client()
-        .get(gw.url(&format!("/api/enterprise/audit/events?limit=4&cursor={cursor}")))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rest: Value = admin_json(&gw, &format!("/api/enterprise/audit/events?limit=4&cursor={cursor}")).await;
     let seqs: Vec<i64> = page["events"]
         .as_array()
         .unwrap()
@@ -287,14 +276,6 @@ async fn a_batch_the_store_refuses_is_written_on_a_later_flush() {
     };
     assert_eq!(stored, 5, "{}", gw.proc.stderr());
     assert!(gw.proc.stderr().contains("will retry"), "the first attempt did not fail: {}", gw.proc.stderr());
-    let v: Value = client()
-        .get(gw.url("/api/enterprise/audit/verify"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = admin_json(&gw, "/api/enterprise/audit/verify").await;
     assert_eq!((v["ok"].as_bool(), v["checked"].as_u64()), (Some(true), Some(5)), "{v}");
 }
