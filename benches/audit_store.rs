@@ -33,6 +33,7 @@ fn main() {
             );
             e.user_id = Some(format!("user-{}", i % users));
             e.team_id = Some(format!("team-{}", i % 100));
+            e.customer_id = Some(format!("customer-{}", i % 10));
             e.virtual_key_id = Some(format!("vk-{}", i % (users * 2)));
             e.actor_type = "virtual_key".into();
             e.actor_id = e.virtual_key_id.clone();
@@ -52,6 +53,19 @@ fn main() {
     for (label, q) in [
         ("newest 100 of one user", AuditQuery { user_id: Some("user-4242".into()), limit: 100, ..Default::default() }),
         ("newest 100 of one team", AuditQuery { team_id: Some("team-42".into()), limit: 100, ..Default::default() }),
+        (
+            "newest 100 of one key",
+            AuditQuery { virtual_key_id: Some("vk-77".into()), limit: 100, ..Default::default() },
+        ),
+        (
+            "newest 100 successes of one user",
+            AuditQuery {
+                user_id: Some("user-4242".into()),
+                outcome: Some("success".into()),
+                limit: 100,
+                ..Default::default()
+            },
+        ),
         ("newest 100 overall", AuditQuery { limit: 100, ..Default::default() }),
     ] {
         let mut best = f64::MAX;

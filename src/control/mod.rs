@@ -287,41 +287,72 @@ impl Drainer {
     }
 }
 
-type RollupKey = (&'static str, Arc<str>, String, String);
+/// Requests, tokens and spend summed for one entity, hour and model.
+#[derive(Default, Clone, Copy)]
+struct Sums {
+    requests: u64,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    cost_micros: u64,
+}
 
-/// Hourly usage per entity and model, accumulated between checkpoints.
+const ROLLUP_LEVELS: [&str; 4] = ["virtual_key", "user", "team", "customer"];
+
+/// Hourly usage per entity and model, accumulated between checkpoints. Nested by hour, model
+/// and level so that adding a request looks up borrowed keys and allocates only for a
+/// combination seen the first time (it runs once per request, audit on or off).
 #[derive(Default)]
 struct Rollup {
-    rows: std::collections::HashMap<RollupKey, crate::store::UsageRow>,
+    hours: rustc_hash::FxHashMap<i64, rustc_hash::FxHashMap<String, ByLevel>>,
 }
+
+/// One hour and model's sums per entity, a map per level in `ROLLUP_LEVELS` order.
+type ByLevel = [rustc_hash::FxHashMap<Arc<str>, Sums>; 4];
 
 impl Rollup {
     fn add(&mut self, r: &RequestRecord) {
         let Some(model) = &r.model else { return };
-        let hour = chrono::DateTime::from_timestamp_millis(r.at_unix_ms as i64)
-            .map(|t| t.format("%Y-%m-%dT%H").to_string())
-            .unwrap_or_default();
+        let hour = r.at_unix_ms as i64 / 3_600_000;
+        let models = self.hours.entry(hour).or_default();
+        let levels = match models.get_mut(model.as_str()) {
+            Some(l) => l,
+            None => models.entry(model.clone()).or_default(),
+        };
         let usage = r.usage.unwrap_or_default();
-        let levels = [("virtual_key", &r.virtual_key), ("user", &r.user), ("team", &r.team), ("customer", &r.customer)];
-        for (level, id) in levels {
+        for (map, id) in levels.iter_mut().zip([&r.virtual_key, &r.user, &r.team, &r.customer]) {
             let Some(id) = id else { continue };
-            let row = self.rows.entry((level, id.clone(), hour.clone(), model.clone())).or_insert_with(|| {
-                crate::store::UsageRow {
-                    level: level.to_string(),
-                    entity_id: id.to_string(),
-                    period: hour.clone(),
-                    model: model.clone(),
-                    ..Default::default()
-                }
-            });
-            row.requests += 1;
-            row.prompt_tokens += usage.prompt_tokens;
-            row.completion_tokens += usage.completion_tokens;
-            row.cost_micros += r.cost_micros.unwrap_or(0);
+            let sums = match map.get_mut(&**id) {
+                Some(s) => s,
+                None => map.entry(id.clone()).or_default(),
+            };
+            sums.requests += 1;
+            sums.prompt_tokens += usage.prompt_tokens;
+            sums.completion_tokens += usage.completion_tokens;
+            sums.cost_micros += r.cost_micros.unwrap_or(0);
         }
     }
 
     fn take(&mut self) -> Vec<crate::store::UsageRow> {
-        self.rows.drain().map(|(_, v)| v).collect()
+        let mut rows = Vec::new();
+        for (hour, models) in self.hours.drain() {
+            let period = chrono::DateTime::from_timestamp(hour * 3600, 0)
+                .map(|t| t.format("%Y-%m-%dT%H").to_string())
+                .unwrap_or_default();
+            for (model, levels) in models {
+                for (level, map) in ROLLUP_LEVELS.iter().zip(levels) {
+                    rows.extend(map.into_iter().map(|(id, s)| crate::store::UsageRow {
+                        level: level.to_string(),
+                        entity_id: id.to_string(),
+                        period: period.clone(),
+                        model: model.clone(),
+                        requests: s.requests,
+                        prompt_tokens: s.prompt_tokens,
+                        completion_tokens: s.completion_tokens,
+                        cost_micros: s.cost_micros,
+                    }));
+                }
+            }
+        }
+        rows
     }
 }

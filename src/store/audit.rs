@@ -3,6 +3,7 @@
 
 use rusqlite::{OptionalExtension, params, params_from_iter};
 
+use super::audit_index::{BUCKET_BITS, Field, Tail, bucket_of, sealed_newest_first};
 use super::{Store, StoreError};
 use crate::audit::event::{AuditEvent, link};
 
@@ -100,13 +101,47 @@ fn row_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
 }
 
 impl Store {
-    /// The hash the next record chains to: the newest record's, or 32 zero bytes.
-    fn audit_head(&self) -> Result<Vec<u8>, StoreError> {
-        let head: Option<Vec<u8>> = self
+    /// The newest record's sequence number and hash (the next record chains to it), or none.
+    fn audit_head(&self) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
+        Ok(self
             .conn
-            .query_row("SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1", [], |r| r.get(0))
-            .optional()?;
-        Ok(head.unwrap_or_else(|| vec![0; 32]))
+            .query_row("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?)
+    }
+
+    /// The last record retention removed (sequence number and hash), if any.
+    fn audit_cut(&self) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT seq, hash FROM audit_checkpoint WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+    }
+
+    /// Where the next record goes: its sequence number and the hash it chains to (the newest
+    /// record's; when retention removed them all, the anchor it left; else zeros). Sequence
+    /// numbers are given here, never by SQLite, so they keep growing after the table emptied
+    /// (the entity index names records by them).
+    fn audit_next(&self) -> Result<(i64, Vec<u8>), StoreError> {
+        let (seq, prev) = match (self.audit_head()?, self.audit_cut()?) {
+            (Some(head), _) => head,
+            (None, Some(cut)) => cut,
+            (None, None) => (0, vec![0; 32]),
+        };
+        Ok(((seq + 1).max(self.audit_tail.bucket() << BUCKET_BITS), prev))
+    }
+
+    /// Rebuilds the entity index's open bucket from the rows (at open, and after a failed batch
+    /// whose postings were noted in memory but rolled back on disk).
+    pub(super) fn load_audit_tail(&mut self) -> Result<(), StoreError> {
+        let head = self.audit_head()?.map(|h| h.0);
+        let next = head.max(self.audit_cut()?.map(|c| c.0)).unwrap_or(0) + 1;
+        let tx = self.conn.transaction()?;
+        let tail = Tail::load(&tx, head, next)?;
+        tx.commit()?;
+        self.audit_tail = tail;
+        Ok(())
     }
 
     /// Appends a batch in one transaction, each record chained to the one before.
@@ -114,17 +149,29 @@ impl Store {
         if events.is_empty() {
             return Ok(());
         }
-        let mut prev = self.audit_head()?;
+        let result = self.try_append_audit(events, hmac_key);
+        if result.is_err() {
+            // The batch is rolled back: forget the postings it noted.
+            if let Err(e) = self.load_audit_tail() {
+                tracing::error!(error = %e, "cannot rebuild the audit entity index after a failed batch");
+            }
+        }
+        result
+    }
+
+    fn try_append_audit(&mut self, events: &[AuditEvent], hmac_key: Option<&[u8]>) -> Result<(), StoreError> {
+        let (mut seq, mut prev) = self.audit_next()?;
         let tx = self.conn.transaction()?;
         {
             let mut ins = tx.prepare_cached(
-                "INSERT INTO audit_events (id, ts, category, type, outcome, actor_type, actor_id, client_ip, target_type,
+                "INSERT INTO audit_events (seq, id, ts, category, type, outcome, actor_type, actor_id, client_ip, target_type,
                  target_id, customer_id, team_id, user_id, virtual_key_id, request_id, details, prev_hash, hash)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
             )?;
             for e in events {
                 let hash = link(&prev, e, hmac_key);
                 ins.execute(params![
+                    seq,
                     e.id,
                     e.timestamp_ms,
                     e.category,
@@ -144,7 +191,9 @@ impl Store {
                     prev,
                     hash
                 ])?;
+                self.audit_tail.add(&tx, seq, e)?;
                 prev = hash;
+                seq += 1;
             }
         }
         tx.commit()?;
@@ -181,6 +230,9 @@ impl Store {
             let Some((seq, hash)) = last else { return Ok(removed) };
             let tx = self.conn.transaction()?;
             let n = tx.execute("DELETE FROM audit_events WHERE seq <= ?1", [seq])?;
+            // Buckets wholly removed; the one cut through keeps postings of gone rows, which
+            // queries skip (they fetch rows by sequence number).
+            tx.execute("DELETE FROM audit_postings WHERE bucket < ?1", [bucket_of(seq + 1)])?;
             tx.execute(
                 "INSERT INTO audit_checkpoint VALUES (1, ?1, ?2, ?3) ON CONFLICT (id) DO UPDATE SET seq = ?1, hash = ?2, removed_at = ?3",
                 params![seq, hash, cutoff_ms],
@@ -231,7 +283,50 @@ impl Store {
 
     /// Events matching `q`, newest first, at most `q.limit + 1` (one more tells there is a next page).
     pub fn query_audit(&self, q: &AuditQuery) -> Result<Vec<StoredEvent>, StoreError> {
+        match q.indexed_entity() {
+            Some((field, id)) => self.query_audit_by_entity(q, field, id),
+            None => self.query_audit_rows(q, None),
+        }
+    }
+
+    /// Walks the entity index newest first and fetches the rows it names in growing chunks,
+    /// the other filters applied in SQL, until the page is full or the index is exhausted.
+    fn query_audit_by_entity(&self, q: &AuditQuery, field: Field, id: &str) -> Result<Vec<StoredEvent>, StoreError> {
+        let want = q.limit + 1;
+        let before = q.before_seq.unwrap_or(i64::MAX);
+        let mut out = Vec::with_capacity(want);
+        let mut pending = self.audit_tail.newest_first(field, id, before);
+        let mut chunk = want.max(64);
+        let mut drain = |pending: &mut Vec<i64>, out: &mut Vec<StoredEvent>, all: bool| -> Result<(), StoreError> {
+            while out.len() < want && (pending.len() >= chunk || (all && !pending.is_empty())) {
+                let take: Vec<i64> = pending.drain(..chunk.min(pending.len())).collect();
+                out.extend(self.query_audit_rows(q, Some(&take))?);
+                out.truncate(want);
+                chunk = (chunk * 2).min(4096);
+            }
+            Ok(())
+        };
+        drain(&mut pending, &mut out, false)?;
+        let from_bucket = (self.audit_tail.bucket() - 1).min(bucket_of(before.saturating_sub(1)));
+        if out.len() < want {
+            sealed_newest_first(&self.conn, field, id, from_bucket, |seqs| {
+                pending.extend(seqs.into_iter().filter(|&s| s < before));
+                drain(&mut pending, &mut out, false)?;
+                Ok(out.len() < want)
+            })?;
+        }
+        drain(&mut pending, &mut out, true)?;
+        Ok(out)
+    }
+
+    /// The rows matching `q` (only among `seqs` when given), newest first, at most `q.limit + 1`.
+    fn query_audit_rows(&self, q: &AuditQuery, seqs: Option<&[i64]>) -> Result<Vec<StoredEvent>, StoreError> {
         let mut sql = format!("SELECT {COLUMNS} FROM audit_events WHERE 1 = 1");
+        if let Some(seqs) = seqs {
+            // Our own integers, so inlined: a chunk can exceed SQLite's bound-parameter limit.
+            let list: Vec<String> = seqs.iter().map(i64::to_string).collect();
+            sql.push_str(&format!(" AND seq IN ({})", list.join(",")));
+        }
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         let mut add = |clause: &str, v: rusqlite::types::Value| {
             args.push(v);
@@ -263,6 +358,21 @@ impl Store {
         let mut stmt = self.conn.prepare(&sql)?;
         let rows = stmt.query_map(params_from_iter(args.iter()), row_event)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+impl AuditQuery {
+    /// The entity filter the index answers: the most selective one given (keys are fewer per
+    /// entity than users, users than teams, teams than customers).
+    fn indexed_entity(&self) -> Option<(Field, &str)> {
+        [
+            (Field::VirtualKey, &self.virtual_key_id),
+            (Field::User, &self.user_id),
+            (Field::Team, &self.team_id),
+            (Field::Customer, &self.customer_id),
+        ]
+        .into_iter()
+        .find_map(|(f, v)| v.as_deref().map(|v| (f, v)))
     }
 }
 
@@ -345,5 +455,136 @@ mod tests {
         assert_eq!(next.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![5, 3, 1]);
         let t0 = s.query_audit(&AuditQuery { team_id: Some("t0".into()), limit: 100, ..Default::default() }).unwrap();
         assert_eq!(t0.len(), 4);
+    }
+
+    /// Records naming users, teams and keys in a pattern, in batches of uneven sizes so some
+    /// cross bucket boundaries; and what a full scan would answer, to compare the index with.
+    fn mixed(s: &mut Store, from: usize, n: usize) -> Vec<(i64, AuditEvent)> {
+        let before: i64 = s.conn.query_row("SELECT coalesce(max(seq), 0) FROM audit_events", [], |r| r.get(0)).unwrap();
+        let mut all = Vec::new();
+        let (mut i, n) = (from, from + n);
+        for size in [1usize, 7, 16, 33, 3, 100].iter().cycle() {
+            if i >= n {
+                break;
+            }
+            let batch: Vec<_> = (i..(i + size).min(n))
+                .map(|k| {
+                    let mut e = AuditEvent::system(
+                        "usage",
+                        if k % 5 == 0 { "rate_limit_violation" } else { "api_request" },
+                        if k % 4 == 0 { "denied" } else { "success" },
+                        json!({ "k": k }),
+                    );
+                    e.user_id = (k % 9 != 0).then(|| format!("u{}", k % 7));
+                    e.team_id = Some(format!("t{}", k % 3));
+                    e.virtual_key_id = Some(format!("k{}", k % 11));
+                    e
+                })
+                .collect();
+            s.append_audit(&batch, None).unwrap();
+            i += batch.len();
+            all.extend(batch);
+        }
+        let seqs: Vec<i64> = s
+            .conn
+            .prepare("SELECT seq FROM audit_events WHERE seq > ?1 ORDER BY seq")
+            .unwrap()
+            .query_map([before], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        seqs.into_iter().zip(all).collect()
+    }
+
+    /// Every page of `q` through the store, following the cursor, as sequence numbers.
+    fn all_pages(s: &Store, mut q: AuditQuery) -> Vec<i64> {
+        let mut got = Vec::new();
+        loop {
+            let page = s.query_audit(&q).unwrap();
+            let more = page.len() > q.limit;
+            got.extend(page.iter().take(q.limit).map(|e| e.seq));
+            if !more {
+                return got;
+            }
+            q.before_seq = got.last().copied();
+        }
+    }
+
+    fn expected(all: &[(i64, AuditEvent)], keep: impl Fn(&AuditEvent) -> bool) -> Vec<i64> {
+        all.iter().rev().filter(|(_, e)| keep(e)).map(|(s, _)| *s).collect()
+    }
+
+    #[test]
+    fn entity_filters_answer_like_a_full_scan_across_buckets_pages_and_other_filters() {
+        let (_d, mut s) = store();
+        let all = mixed(&mut s, 0, 700);
+        let some = |v: &str| Some(v.to_string());
+        type Keep = Box<dyn Fn(&AuditEvent) -> bool>;
+        let cases: Vec<(AuditQuery, Keep)> = vec![
+            (
+                AuditQuery { user_id: some("u3"), limit: 10, ..Default::default() },
+                Box::new(|e| e.user_id.as_deref() == Some("u3")),
+            ),
+            (
+                AuditQuery {
+                    team_id: some("t1"),
+                    r#type: some("rate_limit_violation"),
+                    limit: 4,
+                    ..Default::default()
+                },
+                Box::new(|e| e.team_id.as_deref() == Some("t1") && e.r#type == "rate_limit_violation"),
+            ),
+            (
+                AuditQuery { virtual_key_id: some("k5"), user_id: some("u5"), limit: 3, ..Default::default() },
+                Box::new(|e| e.virtual_key_id.as_deref() == Some("k5") && e.user_id.as_deref() == Some("u5")),
+            ),
+            (
+                AuditQuery { user_id: some("u1"), outcome: some("denied"), limit: 1000, ..Default::default() },
+                Box::new(|e| e.user_id.as_deref() == Some("u1") && e.outcome == "denied"),
+            ),
+            (AuditQuery { user_id: some("nobody"), limit: 10, ..Default::default() }, Box::new(|_| false)),
+        ];
+        for (q, keep) in &cases {
+            let want = expected(&all, keep);
+            assert_eq!(all_pages(&s, q.clone()), want, "{q:?}");
+        }
+        // The open bucket is rebuilt from the rows when the store opens again.
+        let path = _d.path().join("a.db");
+        drop(s);
+        let s = Store::open(&path).unwrap();
+        for (q, keep) in &cases {
+            assert_eq!(all_pages(&s, q.clone()), expected(&all, keep), "after reopening: {q:?}");
+        }
+    }
+
+    #[test]
+    fn an_index_left_behind_catches_up_when_the_store_opens() {
+        let (d, mut s) = store();
+        let all = mixed(&mut s, 0, 300);
+        // As after a store written by the version with per-column indexes: no postings at all.
+        s.conn.execute_batch("DELETE FROM audit_postings; DELETE FROM audit_index_state;").unwrap();
+        drop(s);
+        let mut s = Store::open(&d.path().join("a.db")).unwrap();
+        let q = AuditQuery { user_id: Some("u2".into()), limit: 7, ..Default::default() };
+        assert_eq!(all_pages(&s, q.clone()), expected(&all, |e| e.user_id.as_deref() == Some("u2")));
+        // And goes on from there.
+        let mut all = all;
+        all.extend(mixed(&mut s, 300, 50));
+        assert_eq!(all_pages(&s, q), expected(&all, |e| e.user_id.as_deref() == Some("u2")));
+    }
+
+    #[test]
+    fn after_retention_empties_the_table_sequence_numbers_keep_growing_and_queries_skip_gone_rows() {
+        let (_d, mut s) = store();
+        let all = mixed(&mut s, 0, 100);
+        let last = all.last().unwrap().0;
+        assert_eq!(s.apply_retention(i64::MAX).unwrap(), 100);
+        let q = AuditQuery { team_id: Some("t0".into()), limit: 5, ..Default::default() };
+        assert!(all_pages(&s, q.clone()).is_empty());
+        let mut e = AuditEvent::system("usage", "api_request", "success", json!({}));
+        e.team_id = Some("t0".into());
+        s.append_audit(&[e], None).unwrap();
+        assert_eq!(all_pages(&s, q), vec![last + 1]);
+        assert_eq!(s.verify_audit(None, None, None).unwrap(), Verification { checked: 1, first_broken: None });
     }
 }

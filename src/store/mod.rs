@@ -4,6 +4,7 @@
 use std::path::Path;
 
 pub mod audit;
+mod audit_index;
 pub mod sessions;
 
 use rusqlite::{Connection, params};
@@ -49,10 +50,12 @@ const MIGRATIONS: &[&str] = &[
     audit::MIGRATION,
     audit::CHECKPOINT_MIGRATION,
     sessions::MIGRATION,
+    audit_index::MIGRATION,
 ];
 
 pub struct Store {
     pub(crate) conn: Connection,
+    audit_tail: audit_index::Tail,
 }
 
 const WINDOWS: [Window; 9] = [
@@ -93,8 +96,9 @@ impl Store {
         // pages are rewritten by every batch, and a longer interval copies each back once.
         conn.pragma_update(None, "wal_autocheckpoint", 10000)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let mut store = Store { conn };
+        let mut store = Store { conn, audit_tail: Default::default() };
         store.migrate()?;
+        store.load_audit_tail()?;
         Ok(store)
     }
 
