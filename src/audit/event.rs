@@ -171,25 +171,30 @@ impl AuditEvent {
 
 /// The chain link of `event` after `prev`: SHA-256, or HMAC-SHA256 when the chain is signed.
 pub fn link(prev: &[u8], event: &AuditEvent, hmac_key: Option<&[u8]>) -> Vec<u8> {
+    link_bytes(prev, &event.canonical(), hmac_key).to_vec()
+}
+
+/// [`link`] over a record's canonical bytes as stored (what the store writes and verify reads).
+pub fn link_bytes(prev: &[u8], canonical: &[u8], hmac_key: Option<&[u8]>) -> [u8; 32] {
     use sha2::Digest;
-    let canonical = event.canonical();
     match hmac_key {
         Some(key) => {
             use hmac::Mac;
             match hmac::Hmac::<sha2::Sha256>::new_from_slice(key) {
                 Ok(mut mac) => {
                     mac.update(prev);
-                    mac.update(&canonical);
-                    mac.finalize().into_bytes().to_vec()
+                    mac.update(canonical);
+                    mac.finalize().into_bytes().into()
                 }
-                Err(_) => Vec::new(),
+                // HMAC takes keys of any length; unreachable, and a zero hash never verifies.
+                Err(_) => [0; 32],
             }
         }
         None => {
             let mut h = sha2::Sha256::new();
             h.update(prev);
-            h.update(&canonical);
-            h.finalize().to_vec()
+            h.update(canonical);
+            h.finalize().into()
         }
     }
 }

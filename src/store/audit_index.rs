@@ -1,11 +1,11 @@
-//! The audit trail's entity index: per bucket of 65,536 sequence numbers, which records name a
-//! given user, team, customer or key. Owns the postings only; never reads or writes audit rows' content.
+//! The audit trail's index: per bucket of 65,536 sequence numbers, which records name a given
+//! user, team, customer, key, category, type or outcome. Owns the postings only, never records.
 //!
-//! Why not four SQLite indexes: with thousands of users and keys every record lands on a random
+//! Why not SQLite indexes: with thousands of users and keys every record lands on a random
 //! leaf page of each index, so a batch dirties (and the WAL rewrites) about one 4 KiB page per
 //! record per index, and inserts slowed to 13k records/s at 10M rows. Here the open bucket's
-//! postings live in memory (rebuilt from its rows at open) and a full bucket is written once,
-//! sorted, as one row per entity: appends only. A query reads one row per bucket.
+//! postings live in memory (rebuilt from its records at open) and a full bucket is written
+//! once, sorted, as one row per value: appends only. A query reads one row per bucket.
 
 use rusqlite::{OptionalExtension, Transaction, params};
 use rustc_hash::FxHashMap;
@@ -30,16 +30,20 @@ pub(super) const MIGRATION: &str = "
     CREATE TABLE audit_index_state (id INTEGER PRIMARY KEY CHECK (id = 1), sealed_below INTEGER NOT NULL);
 ";
 
-/// The entity columns a query can filter on through the index.
+/// The fields a query can filter on through the index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Field {
     User = 0,
     Team = 1,
     Customer = 2,
     VirtualKey = 3,
+    Category = 4,
+    Type = 5,
+    Outcome = 6,
 }
 
-const FIELDS: [Field; 4] = [Field::User, Field::Team, Field::Customer, Field::VirtualKey];
+const FIELDS: [Field; 7] =
+    [Field::User, Field::Team, Field::Customer, Field::VirtualKey, Field::Category, Field::Type, Field::Outcome];
 
 impl Field {
     fn of(self, e: &AuditEvent) -> Option<&str> {
@@ -48,6 +52,9 @@ impl Field {
             Field::Team => e.team_id.as_deref(),
             Field::Customer => e.customer_id.as_deref(),
             Field::VirtualKey => e.virtual_key_id.as_deref(),
+            Field::Category => Some(&e.category),
+            Field::Type => Some(&e.r#type),
+            Field::Outcome => Some(&e.outcome),
         }
     }
 }
@@ -64,7 +71,7 @@ fn offset_of(seq: i64) -> u16 {
 #[derive(Debug, Default)]
 pub(super) struct Tail {
     bucket: i64,
-    postings: [FxHashMap<Box<str>, Vec<u16>>; 4],
+    postings: [FxHashMap<Box<str>, Vec<u16>>; 7],
 }
 
 impl Tail {
@@ -72,7 +79,7 @@ impl Tail {
     /// `seq` starts a new one (inside the caller's transaction, so both land or neither).
     pub(super) fn add(&mut self, tx: &Transaction<'_>, seq: i64, e: &AuditEvent) -> rusqlite::Result<()> {
         if bucket_of(seq) != self.bucket {
-            self.seal(tx, bucket_of(seq))?;
+            self.seal_to(tx, bucket_of(seq))?;
         }
         for f in FIELDS {
             if let Some(id) = f.of(e) {
@@ -93,7 +100,7 @@ impl Tail {
     }
 
     /// Writes the open bucket's postings sorted by key (so the B-tree only appends) and opens `next`.
-    fn seal(&mut self, tx: &Transaction<'_>, next: i64) -> rusqlite::Result<()> {
+    pub(super) fn seal_to(&mut self, tx: &Transaction<'_>, next: i64) -> rusqlite::Result<()> {
         let mut ins = tx.prepare_cached("INSERT OR REPLACE INTO audit_postings VALUES (?1, ?2, ?3, ?4)")?;
         let mut blob = Vec::new();
         for f in FIELDS {
@@ -124,46 +131,18 @@ impl Tail {
         self.bucket
     }
 
-    /// Brings the index up to date with the rows and returns the open bucket's postings: seals
-    /// every full bucket not yet written (after a crash between batches, or a store that had the
-    /// old per-column indexes) and reads the open one back into memory.
-    pub(super) fn load(tx: &Transaction<'_>, head_seq: Option<i64>, next_seq: i64) -> rusqlite::Result<Tail> {
-        let sealed_below: i64 = tx
-            .query_row("SELECT sealed_below FROM audit_index_state WHERE id = 1", [], |r| r.get(0))
-            .optional()?
-            .unwrap_or(0);
-        // Never reopen a sealed bucket (its row would be replaced by the new records' postings
-        // alone), even when its newest records were removed by hand.
-        let open = bucket_of(head_seq.unwrap_or(next_seq)).max(sealed_below);
-        let first = match tx.query_row(
-            "SELECT min(seq) FROM audit_events WHERE seq >= ?1",
-            [sealed_below << BUCKET_BITS],
-            |r| r.get::<_, Option<i64>>(0),
-        )? {
-            Some(s) => bucket_of(s).min(open),
-            None => open,
-        };
-        let mut tail = Tail { bucket: first, ..Default::default() };
-        let mut q = tx.prepare(
-            "SELECT seq, user_id, team_id, customer_id, virtual_key_id FROM audit_events WHERE seq >= ?1 ORDER BY seq",
-        )?;
-        let mut rows = q.query([first << BUCKET_BITS])?;
-        while let Some(r) = rows.next()? {
-            let seq: i64 = r.get(0)?;
-            if bucket_of(seq) != tail.bucket {
-                tail.seal(tx, bucket_of(seq))?;
-            }
-            for (i, f) in FIELDS.into_iter().enumerate() {
-                if let Some(id) = r.get_ref(i + 1)?.as_str_or_null().map_err(rusqlite::Error::from)? {
-                    tail.note(f, id, seq);
-                }
-            }
-        }
-        if tail.bucket != open {
-            tail.seal(tx, open)?;
-        }
-        Ok(tail)
+    /// An empty open bucket.
+    pub(super) fn open_at(bucket: i64) -> Tail {
+        Tail { bucket, ..Default::default() }
     }
+}
+
+/// Every bucket below this one is written to `audit_postings`.
+pub(super) fn sealed_below(conn: &rusqlite::Connection) -> rusqlite::Result<i64> {
+    Ok(conn
+        .query_row("SELECT sealed_below FROM audit_index_state WHERE id = 1", [], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0))
 }
 
 /// The sealed buckets' sequence numbers naming `id` in `f`, bucket by bucket from `from_bucket`

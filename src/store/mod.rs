@@ -5,6 +5,7 @@ use std::path::Path;
 
 pub mod audit;
 mod audit_index;
+mod audit_segment;
 pub mod sessions;
 
 use rusqlite::{Connection, params};
@@ -19,6 +20,9 @@ pub enum StoreError {
     Dir(String, std::io::Error),
     #[error("store: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// Stored bytes that do not decode (altered by hand, or a damaged file).
+    #[error("store: {0}")]
+    Corrupt(String),
 }
 
 /// Schema steps, applied in order; `PRAGMA user_version` records how many ran.
@@ -51,6 +55,7 @@ const MIGRATIONS: &[&str] = &[
     audit::CHECKPOINT_MIGRATION,
     sessions::MIGRATION,
     audit_index::MIGRATION,
+    audit::SEGMENTS_MIGRATION,
 ];
 
 pub struct Store {
@@ -98,6 +103,7 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let mut store = Store { conn, audit_tail: Default::default() };
         store.migrate()?;
+        store.move_rows_to_segments()?;
         store.load_audit_tail()?;
         Ok(store)
     }

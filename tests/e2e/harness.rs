@@ -440,3 +440,51 @@ impl Browser {
         panic!("too many redirects");
     }
 }
+
+/// The audit records in the store file `db` matching `q` (all of them: no page limit), read
+/// through the store itself as an operator's tool would, while the gateway runs or after it exited.
+pub fn stored_events(
+    db: &std::path::Path,
+    q: heimdall::store::audit::AuditQuery,
+) -> Vec<heimdall::store::audit::StoredEvent> {
+    let store = heimdall::store::Store::open(db).unwrap();
+    store.query_audit(&heimdall::store::audit::AuditQuery { limit: 10_000_000, ..q }).unwrap()
+}
+
+/// Edits record `seq` in the store file as someone with write access to it could: finds its
+/// segment, decompresses it, replaces `from` by `to` in the record's bytes and writes it back.
+/// The layout (u32 length, i64 timestamp, canonical bytes, 32-byte hash; LZ4 with the size
+/// prepended) is the store's, restated here on purpose: a test of tamper evidence must not
+/// borrow the code it tests.
+pub fn tamper_audit_record(db: &std::path::Path, seq: i64, from: &str, to: &str) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let (first, blob): (i64, Vec<u8>) = conn
+        .query_row(
+            "SELECT first_seq, records FROM audit_segments WHERE first_seq <= ?1 ORDER BY first_seq DESC LIMIT 1",
+            [seq],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let raw = lz4_flex::decompress_size_prepended(&blob).unwrap();
+    let (mut out, mut at, mut i) = (Vec::new(), 0, first);
+    while at < raw.len() {
+        let len = u32::from_le_bytes(raw[at..at + 4].try_into().unwrap()) as usize;
+        let bytes = &raw[at + 12..at + 12 + len];
+        let bytes = if i == seq {
+            let edited = String::from_utf8(bytes.to_vec()).unwrap();
+            assert!(edited.contains(from), "record {seq} has no {from}: {edited}");
+            edited.replace(from, to).into_bytes()
+        } else {
+            bytes.to_vec()
+        };
+        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(&raw[at + 4..at + 12]);
+        out.extend_from_slice(&bytes);
+        out.extend_from_slice(&raw[at + 12 + len..at + 12 + len + 32]);
+        at += 12 + len + 32;
+        i += 1;
+    }
+    let blob = lz4_flex::compress_prepend_size(&out);
+    conn.execute("UPDATE audit_segments SET records = ?1 WHERE first_seq = ?2", rusqlite::params![blob, first])
+        .unwrap();
+}

@@ -7,6 +7,7 @@ use base64::Engine;
 use serde_json::{Value, json};
 
 use crate::harness::*;
+use heimdall::store::audit::AuditQuery;
 
 const ENTRA_TID: &str = "3f7c1c2e-5b7d-4a8e-9c1f-2d6e8a4b0c11";
 const ENTRA_API: &str = "00000000-1111-2222-3333-444444444444";
@@ -122,16 +123,19 @@ async fn a_provider_token_is_governed_as_its_user_and_every_forgery_is_refused()
 
     // Every refusal is in the trail as an invalid credential; bob's request as bob's.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let db = rusqlite::Connection::open(gw.config_path.with_file_name("heimdall.db")).unwrap();
-    let by_bob: i64 = db
-        .query_row(
-            "SELECT count(*) FROM audit_events WHERE type = 'api_request' AND user_id = 'bob' AND team_id = 'team-alpha'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    let invalid: i64 =
-        db.query_row("SELECT count(*) FROM audit_events WHERE type = 'invalid_credential'", [], |r| r.get(0)).unwrap();
+    let db = gw.config_path.with_file_name("heimdall.db");
+    let by_bob = stored_events(
+        &db,
+        AuditQuery {
+            r#type: Some("api_request".into()),
+            user_id: Some("bob".into()),
+            team_id: Some("team-alpha".into()),
+            ..Default::default()
+        },
+    )
+    .len();
+    let invalid =
+        stored_events(&db, AuditQuery { r#type: Some("invalid_credential".into()), ..Default::default() }).len();
     assert_eq!(by_bob, 1);
     assert!(invalid >= 6, "{invalid}");
 }
@@ -270,14 +274,16 @@ async fn an_unknown_users_token_provisions_them_and_the_default_policy_governs_f
     let r = chat(&gw, &victor).await;
     assert_eq!(r.status(), 200);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let db = rusqlite::Connection::open(gw.config_path.with_file_name("heimdall.db")).unwrap();
-    let own: i64 = db
-        .query_row(
-            "SELECT count(*) FROM audit_events WHERE type = 'api_request' AND user_id = 'idp-victor' AND team_id = 'team-alpha'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let own = stored_events(
+        &gw.config_path.with_file_name("heimdall.db"),
+        AuditQuery {
+            r#type: Some("api_request".into()),
+            user_id: Some("idp-victor".into()),
+            team_id: Some("team-alpha".into()),
+            ..Default::default()
+        },
+    )
+    .len();
     assert_eq!(own, 1, "the request after provisioning is charged to the user and their team");
 }
 
