@@ -62,9 +62,13 @@ fn now_ms() -> i64 {
 
 /// A UUIDv7 from the clock and a thread-local generator: no syscall per record.
 fn new_id() -> String {
+    new_uuid().to_string()
+}
+
+fn new_uuid() -> uuid::Uuid {
     let mut random = [0u8; 10];
     fastrand::fill(&mut random);
-    uuid::Builder::from_unix_timestamp_millis(now_ms() as u64, &random).into_uuid().to_string()
+    uuid::Builder::from_unix_timestamp_millis(now_ms() as u64, &random).into_uuid()
 }
 
 impl AuditEvent {
@@ -108,48 +112,144 @@ impl AuditEvent {
             ..AuditEvent::system("data", r#type, "success", serde_json::json!({ "action": action }))
         }
     }
+}
 
-    /// One data-plane request, classified by how it ended.
-    pub fn from_request(r: &RequestRecord) -> Self {
-        let (category, r#type, denied) = match r.error_type {
-            Some("rate_limited" | "request_limited" | "token_limited") => ("usage", "rate_limit_violation", true),
-            Some("budget_exceeded") => ("usage", "budget_exceeded", true),
-            Some("model_blocked" | "provider_blocked") => ("usage", "model_denied", true),
-            Some("virtual_key_not_found" | "virtual_key_blocked" | "authentication_required" | "invalid_token") => {
-                ("security", "invalid_credential", true)
-            }
-            _ => ("usage", "api_request", false),
-        };
-        let outcome = if denied {
-            "denied"
-        } else if r.status < 400 && r.outcome == Outcome::Completed && r.error_type.is_none() {
-            "success"
-        } else {
-            "failure"
-        };
+/// How a request ended, in the trail's taxonomy: (category, type, outcome).
+fn classify(r: &RequestRecord) -> (&'static str, &'static str, &'static str) {
+    let (category, r#type, denied) = match r.error_type {
+        Some("rate_limited" | "request_limited" | "token_limited") => ("usage", "rate_limit_violation", true),
+        Some("budget_exceeded") => ("usage", "budget_exceeded", true),
+        Some("model_blocked" | "provider_blocked") => ("usage", "model_denied", true),
+        Some("virtual_key_not_found" | "virtual_key_blocked" | "authentication_required" | "invalid_token") => {
+            ("security", "invalid_credential", true)
+        }
+        _ => ("usage", "api_request", false),
+    };
+    let outcome = if denied {
+        "denied"
+    } else if r.status < 400 && r.outcome == Outcome::Completed && r.error_type.is_none() {
+        "success"
+    } else {
+        "failure"
+    };
+    (category, r#type, outcome)
+}
+
+/// The values of a record the store's index knows it by.
+#[derive(Debug, Clone, Copy)]
+pub struct IndexValues<'a> {
+    pub user: Option<&'a str>,
+    pub team: Option<&'a str>,
+    pub customer: Option<&'a str>,
+    pub virtual_key: Option<&'a str>,
+    pub category: &'a str,
+    pub r#type: &'a str,
+    pub outcome: &'a str,
+}
+
+/// What the store needs of a record to chain, keep and index it.
+pub trait Auditable {
+    fn timestamp_ms(&self) -> i64;
+    /// Appends the record's canonical bytes: what is hashed, stored, and parsed back as an
+    /// [`AuditEvent`].
+    fn write_canonical(&self, out: &mut Vec<u8>);
+    fn index_values(&self) -> IndexValues<'_>;
+}
+
+impl Auditable for AuditEvent {
+    fn timestamp_ms(&self) -> i64 {
+        self.timestamp_ms
+    }
+
+    fn write_canonical(&self, out: &mut Vec<u8>) {
+        // Writing a struct of strings and numbers into a Vec cannot fail.
+        let _ = serde_json::to_writer(out, self);
+    }
+
+    fn index_values(&self) -> IndexValues<'_> {
+        IndexValues {
+            user: self.user_id.as_deref(),
+            team: self.team_id.as_deref(),
+            customer: self.customer_id.as_deref(),
+            virtual_key: self.virtual_key_id.as_deref(),
+            category: &self.category,
+            r#type: &self.r#type,
+            outcome: &self.outcome,
+        }
+    }
+}
+
+/// One data-plane request on its way to the store: the ring's record and the event's id. It
+/// serializes straight from the record into the store's buffer (no owned [`AuditEvent`] in
+/// between: this runs once per request), to the shape an `AuditEvent` parses back from.
+#[derive(Debug)]
+pub struct RequestEvent {
+    id: uuid::Uuid,
+    class: (&'static str, &'static str, &'static str),
+    record: RequestRecord,
+}
+
+/// A value written as its `Display` text, without an intermediate `String`.
+struct Shown<T>(T);
+
+impl<T: std::fmt::Display> Serialize for Shown<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+/// The borrowed image of an [`AuditEvent`]: same fields, same order.
+#[derive(Serialize)]
+struct RequestView<'a> {
+    id: Shown<uuid::fmt::Hyphenated>,
+    timestamp_ms: i64,
+    category: &'static str,
+    r#type: &'static str,
+    outcome: &'static str,
+    actor_type: &'static str,
+    actor_id: Option<&'a str>,
+    client_ip: Option<Shown<std::net::IpAddr>>,
+    target_type: Option<&'static str>,
+    target_id: Option<&'a str>,
+    customer_id: Option<&'a str>,
+    team_id: Option<&'a str>,
+    user_id: Option<&'a str>,
+    virtual_key_id: Option<&'a str>,
+    request_id: Option<Shown<uuid::fmt::Hyphenated>>,
+    details: RequestDetails<'a>,
+}
+
+impl RequestEvent {
+    pub fn new(record: RequestRecord) -> Self {
+        RequestEvent { id: new_uuid(), class: classify(&record), record }
+    }
+
+    fn view(&self) -> RequestView<'_> {
+        let r = &self.record;
+        let (category, r#type, outcome) = self.class;
         let ended = match r.outcome {
             Outcome::Completed => "completed",
             Outcome::ClientClosed => "client_closed",
             Outcome::UpstreamBroken => "upstream_broken",
         };
         let usage = r.usage.unwrap_or_default();
-        AuditEvent {
-            id: new_id(),
+        RequestView {
+            id: Shown(self.id.hyphenated()),
             timestamp_ms: r.at_unix_ms as i64,
-            category: category.into(),
-            r#type: r#type.into(),
-            outcome: outcome.into(),
-            actor_type: if r.virtual_key.is_some() { "virtual_key" } else { "anonymous" }.into(),
-            actor_id: r.virtual_key.as_deref().map(Into::into),
-            client_ip: Some(r.client_ip.to_string()),
-            target_type: r.model.as_ref().map(|_| "model".to_string()),
-            target_id: r.model.clone(),
-            customer_id: r.customer.as_deref().map(Into::into),
-            team_id: r.team.as_deref().map(Into::into),
-            user_id: r.user.as_deref().map(Into::into),
-            virtual_key_id: r.virtual_key.as_deref().map(Into::into),
-            request_id: Some(r.request_id.to_string()),
-            details: details(&RequestDetails {
+            category,
+            r#type,
+            outcome,
+            actor_type: if r.virtual_key.is_some() { "virtual_key" } else { "anonymous" },
+            actor_id: r.virtual_key.as_deref(),
+            client_ip: Some(Shown(r.client_ip)),
+            target_type: r.model.as_ref().map(|_| "model"),
+            target_id: r.model.as_deref(),
+            customer_id: r.customer.as_deref(),
+            team_id: r.team.as_deref(),
+            user_id: r.user.as_deref(),
+            virtual_key_id: r.virtual_key.as_deref(),
+            request_id: Some(Shown(r.request_id.hyphenated())),
+            details: RequestDetails {
                 route: r.route.as_str(),
                 status: r.status,
                 error_type: r.error_type,
@@ -164,7 +264,29 @@ impl AuditEvent {
                 latency_us: r.latency_us,
                 ttfb_us: r.ttfb_us,
                 core: r.core,
-            }),
+            },
+        }
+    }
+}
+
+impl Auditable for RequestEvent {
+    fn timestamp_ms(&self) -> i64 {
+        self.record.at_unix_ms as i64
+    }
+
+    fn write_canonical(&self, out: &mut Vec<u8>) {
+        let _ = serde_json::to_writer(out, &self.view());
+    }
+
+    fn index_values(&self) -> IndexValues<'_> {
+        IndexValues {
+            user: self.record.user.as_deref(),
+            team: self.record.team.as_deref(),
+            customer: self.record.customer.as_deref(),
+            virtual_key: self.record.virtual_key.as_deref(),
+            category: self.class.0,
+            r#type: self.class.1,
+            outcome: self.class.2,
         }
     }
 }
@@ -234,11 +356,24 @@ mod tests {
             latency_us: 900,
             ttfb_us: Some(300),
         };
-        let e = AuditEvent::from_request(&r);
-        let details: serde_json::Value = serde_json::from_str(e.details.get()).unwrap();
-        assert_eq!(details["status"], 200);
-        let back: AuditEvent = serde_json::from_slice(&e.canonical()).unwrap();
-        assert_eq!(link(&[0; 32], &back, None), link(&[0; 32], &e, None));
+        let e = RequestEvent::new(r);
+        let mut bytes = Vec::new();
+        e.write_canonical(&mut bytes);
+        // Parsed back as the store does, it is the same record and serializes to the same bytes.
+        let back: AuditEvent = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(back.canonical(), bytes);
+        let details: serde_json::Value = serde_json::from_str(back.details.get()).unwrap();
+        assert_eq!((details["status"].as_u64(), details["ttfb_us"].as_u64()), (Some(200), Some(300)));
+        assert_eq!(
+            (back.category.as_str(), back.r#type.as_str(), back.outcome.as_str(), back.actor_id.as_deref()),
+            ("usage", "api_request", "success", Some("vk-a"))
+        );
+        assert_eq!(
+            (back.client_ip.as_deref(), back.request_id.as_deref()),
+            (Some("127.0.0.1"), Some(&*uuid::Uuid::nil().to_string()))
+        );
+        let v = e.index_values();
+        assert_eq!((v.user, v.team, v.r#type), (Some("u"), None, "api_request"));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::audit::event::AuditEvent;
+use crate::audit::event::{AuditEvent, Auditable, IndexValues, RequestEvent};
 use crate::audit::{CoreAuditRx, RequestRecord};
 use crate::handoff::ControlRequest;
 use crate::state::Shared;
@@ -229,7 +229,37 @@ struct Drainer {
     enabled: bool,
     /// Records the store refused (disk full, locked file): retried first on the next flush, so a
     /// passing store failure delays the trail instead of cutting a hole in it.
-    unwritten: Vec<AuditEvent>,
+    unwritten: Vec<Pending>,
+}
+
+/// A record waiting for the store: a control-plane event, or a data-plane request that is
+/// serialized straight from its ring record when written.
+enum Pending {
+    Event(AuditEvent),
+    Request(RequestEvent),
+}
+
+impl Auditable for Pending {
+    fn timestamp_ms(&self) -> i64 {
+        match self {
+            Pending::Event(e) => e.timestamp_ms(),
+            Pending::Request(r) => r.timestamp_ms(),
+        }
+    }
+
+    fn write_canonical(&self, out: &mut Vec<u8>) {
+        match self {
+            Pending::Event(e) => e.write_canonical(out),
+            Pending::Request(r) => r.write_canonical(out),
+        }
+    }
+
+    fn index_values(&self) -> IndexValues<'_> {
+        match self {
+            Pending::Event(e) => e.index_values(),
+            Pending::Request(r) => r.index_values(),
+        }
+    }
 }
 
 /// Refused records kept for retry; beyond this the oldest are given up (and counted), so a store
@@ -243,17 +273,17 @@ impl Drainer {
             ring.drain_into(&mut self.batch);
         }
         let mut events = std::mem::take(&mut self.unwritten);
-        if self.enabled {
-            events.extend(self.batch.iter().map(AuditEvent::from_request));
-        }
         for r in &self.batch {
             self.usage.add(r);
         }
         let from_rings = self.batch.len() as u64;
+        if self.enabled {
+            events.extend(self.batch.drain(..).map(|r| Pending::Request(RequestEvent::new(r))));
+        }
         self.batch.clear();
         while let Ok(e) = self.events.try_recv() {
             if self.enabled {
-                events.push(e);
+                events.push(Pending::Event(e));
             }
         }
         if events.is_empty() {

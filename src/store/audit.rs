@@ -7,7 +7,7 @@ use rusqlite::{OptionalExtension, Transaction, params};
 use super::audit_index::{self, BUCKET_BITS, Field, Tail, bucket_of, sealed_newest_first};
 use super::audit_segment::{SEGMENT_RECORDS, Segment, SegmentWriter};
 use super::{Store, StoreError};
-use crate::audit::event::{AuditEvent, link_bytes};
+use crate::audit::event::{AuditEvent, Auditable, link_bytes};
 
 /// The first layout, one row per record with six indexes; kept so old stores migrate in
 /// order. [`Store::move_rows_to_segments`] moves its rows into segments and drops it.
@@ -238,7 +238,7 @@ impl Store {
                     let seq = seg.first_seq + i as i64;
                     let Some(entry) = seg.records.entry(i).filter(|_| seq >= from) else { continue };
                     let event = parse(seq, entry.canonical)?;
-                    tail.get_or_insert_with(|| Tail::open_at(bucket_of(seq))).add(&tx, seq, &event)?;
+                    tail.get_or_insert_with(|| Tail::open_at(bucket_of(seq))).add(&tx, seq, event.index_values())?;
                 }
             }
         }
@@ -319,7 +319,7 @@ impl Store {
     }
 
     /// Appends a batch in one transaction, each record chained to the one before.
-    pub fn append_audit(&mut self, events: &[AuditEvent], hmac_key: Option<&[u8]>) -> Result<(), StoreError> {
+    pub fn append_audit<R: Auditable>(&mut self, events: &[R], hmac_key: Option<&[u8]>) -> Result<(), StoreError> {
         if events.is_empty() {
             return Ok(());
         }
@@ -333,17 +333,16 @@ impl Store {
         result
     }
 
-    fn try_append_audit(&mut self, events: &[AuditEvent], hmac_key: Option<&[u8]>) -> Result<(), StoreError> {
+    fn try_append_audit<R: Auditable>(&mut self, events: &[R], hmac_key: Option<&[u8]>) -> Result<(), StoreError> {
         let (mut seq, mut prev) = self.audit_next()?;
         let tx = self.conn.transaction()?;
         let mut w = SegmentWriter::default();
         for chunk in events.chunks(SEGMENT_RECORDS) {
             let (first, chained_to) = (seq, prev.clone());
             for e in chunk {
-                let canonical = e.canonical();
-                let hash = link_bytes(&prev, &canonical, hmac_key);
-                w.push(e.timestamp_ms, &canonical, &hash);
-                self.audit_tail.add(&tx, seq, e)?;
+                let hash =
+                    w.push_with(e.timestamp_ms(), |out| e.write_canonical(out), |c| link_bytes(&prev, c, hmac_key));
+                self.audit_tail.add(&tx, seq, e.index_values())?;
                 prev.clear();
                 prev.extend_from_slice(&hash);
                 seq += 1;

@@ -10,7 +10,7 @@
 use rusqlite::{OptionalExtension, Transaction, params};
 use rustc_hash::FxHashMap;
 
-use crate::audit::event::AuditEvent;
+use crate::audit::event::IndexValues;
 
 /// A bucket holds `1 << BUCKET_BITS` sequence numbers, so an offset in it fits a u16. Unit
 /// tests use buckets of 16 so that a few hundred records cross many of them.
@@ -46,15 +46,15 @@ const FIELDS: [Field; 7] =
     [Field::User, Field::Team, Field::Customer, Field::VirtualKey, Field::Category, Field::Type, Field::Outcome];
 
 impl Field {
-    fn of(self, e: &AuditEvent) -> Option<&str> {
+    fn of(self, v: IndexValues<'_>) -> Option<&str> {
         match self {
-            Field::User => e.user_id.as_deref(),
-            Field::Team => e.team_id.as_deref(),
-            Field::Customer => e.customer_id.as_deref(),
-            Field::VirtualKey => e.virtual_key_id.as_deref(),
-            Field::Category => Some(&e.category),
-            Field::Type => Some(&e.r#type),
-            Field::Outcome => Some(&e.outcome),
+            Field::User => v.user,
+            Field::Team => v.team,
+            Field::Customer => v.customer,
+            Field::VirtualKey => v.virtual_key,
+            Field::Category => Some(v.category),
+            Field::Type => Some(v.r#type),
+            Field::Outcome => Some(v.outcome),
         }
     }
 }
@@ -75,14 +75,14 @@ pub(super) struct Tail {
 }
 
 impl Tail {
-    /// Notes where `e`, stored as `seq`, names entities; writes the open bucket first when
+    /// Notes the values `v` of the record stored as `seq`; writes the open bucket first when
     /// `seq` starts a new one (inside the caller's transaction, so both land or neither).
-    pub(super) fn add(&mut self, tx: &Transaction<'_>, seq: i64, e: &AuditEvent) -> rusqlite::Result<()> {
+    pub(super) fn add(&mut self, tx: &Transaction<'_>, seq: i64, v: IndexValues<'_>) -> rusqlite::Result<()> {
         if bucket_of(seq) != self.bucket {
             self.seal_to(tx, bucket_of(seq))?;
         }
         for f in FIELDS {
-            if let Some(id) = f.of(e) {
+            if let Some(id) = f.of(v) {
                 self.note(f, id, seq);
             }
         }

@@ -39,6 +39,31 @@ impl SegmentWriter {
         self.count += 1;
     }
 
+    /// Appends one record whose canonical bytes `write` produces, chained by `link` (given
+    /// those bytes, returns the record's hash, which is returned too). No copy of the bytes is made.
+    pub fn push_with(
+        &mut self,
+        ts: i64,
+        write: impl FnOnce(&mut Vec<u8>),
+        link: impl FnOnce(&[u8]) -> [u8; 32],
+    ) -> [u8; 32] {
+        if self.count == 0 {
+            (self.min_ts, self.max_ts) = (ts, ts);
+        }
+        self.min_ts = self.min_ts.min(ts);
+        self.max_ts = self.max_ts.max(ts);
+        let start = self.raw.len();
+        self.raw.extend_from_slice(&[0; 4]);
+        self.raw.extend_from_slice(&ts.to_le_bytes());
+        write(&mut self.raw);
+        let len = self.raw.len() - start - 12;
+        self.raw[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
+        let hash = link(&self.raw[start + 12..]);
+        self.raw.extend_from_slice(&hash);
+        self.count += 1;
+        hash
+    }
+
     pub fn len(&self) -> usize {
         self.count
     }
