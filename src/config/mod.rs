@@ -115,7 +115,7 @@ impl Default for AuditConfig {
         Self {
             enabled: true,
             ring_capacity: 16384,
-            flush_interval: Duration::from_millis(50),
+            flush_interval: Duration::from_millis(10),
             hmac_key: None,
             retention_days: None,
         }

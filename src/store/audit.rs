@@ -7,7 +7,7 @@ use rusqlite::{OptionalExtension, Transaction, params};
 use super::audit_index::{self, BUCKET_BITS, Field, Tail, bucket_of, sealed_newest_first};
 use super::audit_segment::{SEGMENT_RECORDS, Segment, SegmentWriter};
 use super::{Store, StoreError};
-use crate::audit::event::{AuditEvent, Auditable, link_bytes};
+use crate::audit::event::{AuditEvent, Auditable, link_bytes, parse_canonical};
 
 /// The first layout, one row per record with six indexes; kept so old stores migrate in
 /// order. [`Store::move_rows_to_segments`] moves its rows into segments and drops it.
@@ -100,16 +100,12 @@ fn segment_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SegmentRow> {
 }
 
 fn parse(seq: i64, canonical: &[u8]) -> Result<AuditEvent, StoreError> {
-    serde_json::from_slice(canonical).map_err(|e| StoreError::Corrupt(format!("audit record {seq}: {e}")))
+    parse_canonical(canonical).map_err(|e| StoreError::Corrupt(format!("audit record {seq}: {e}")))
 }
 
 /// The id a (possibly altered) record claims, for naming it in a verify report.
 fn claimed_id(canonical: &[u8]) -> String {
-    #[derive(serde::Deserialize)]
-    struct Id {
-        id: String,
-    }
-    serde_json::from_slice::<Id>(canonical).map(|i| i.id).unwrap_or_else(|_| "?".into())
+    parse_canonical(canonical).map(|e| e.id).unwrap_or_else(|_| "?".into())
 }
 
 impl AuditQuery {
@@ -628,8 +624,11 @@ mod tests {
             .unwrap();
     }
 
-    fn replace(bytes: &mut Vec<u8>, from: &str, to: &str) {
-        *bytes = String::from_utf8(bytes.clone()).unwrap().replace(from, to).into_bytes();
+    /// Replaces the first `from` in the record's bytes (binary: keep the length).
+    fn replace(bytes: &mut [u8], from: &str, to: &str) {
+        assert_eq!(from.len(), to.len());
+        let at = bytes.windows(from.len()).position(|w| w == from.as_bytes()).expect("present");
+        bytes[at..at + to.len()].copy_from_slice(to.as_bytes());
     }
 
     #[test]
@@ -651,7 +650,7 @@ mod tests {
         let batch: Vec<_> =
             (0..5).map(|j| AuditEvent::system("usage", "api_request", "success", json!({ "j": j }))).collect();
         s.append_audit(&batch, None).unwrap();
-        let (ok, failed) = ("\"outcome\":\"success\"", "\"outcome\":\"failure\"");
+        let (ok, failed) = ("success", "failure");
         tamper(&s, 3, 0, |e, i| replace(&mut e[i].1, ok, failed));
         let v = s.verify_audit(None, None, None).unwrap();
         assert_eq!(v.first_broken.as_ref().map(|b| (b.0, b.1.as_str())), Some((3, batch[2].id.as_str())));

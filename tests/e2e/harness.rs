@@ -452,7 +452,8 @@ pub fn stored_events(
 }
 
 /// Edits record `seq` in the store file as someone with write access to it could: finds its
-/// segment, decompresses it, replaces `from` by `to` in the record's bytes and writes it back.
+/// segment, decompresses it, replaces `from` by `to` (same length: the record is binary) in
+/// the record's bytes and writes it back.
 /// The layout (u32 length, i64 timestamp, canonical bytes, 32-byte hash; LZ4 with the size
 /// prepended) is the store's, restated here on purpose: a test of tamper evidence must not
 /// borrow the code it tests.
@@ -470,13 +471,13 @@ pub fn tamper_audit_record(db: &std::path::Path, seq: i64, from: &str, to: &str)
     while at < raw.len() {
         let len = u32::from_le_bytes(raw[at..at + 4].try_into().unwrap()) as usize;
         let bytes = &raw[at + 12..at + 12 + len];
-        let bytes = if i == seq {
-            let edited = String::from_utf8(bytes.to_vec()).unwrap();
-            assert!(edited.contains(from), "record {seq} has no {from}: {edited}");
-            edited.replace(from, to).into_bytes()
-        } else {
-            bytes.to_vec()
-        };
+        let mut bytes = bytes.to_vec();
+        if i == seq {
+            assert_eq!(from.len(), to.len());
+            let at = bytes.windows(from.len()).position(|w| w == from.as_bytes());
+            let at = at.unwrap_or_else(|| panic!("record {seq} has no {from}"));
+            bytes[at..at + to.len()].copy_from_slice(to.as_bytes());
+        }
         out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
         out.extend_from_slice(&raw[at + 4..at + 12]);
         out.extend_from_slice(&bytes);
