@@ -225,9 +225,11 @@ impl Store {
         let mut tail: Option<Tail> = None;
         {
             let mut q = tx.prepare(&format!(
-                "SELECT {SEGMENT_COLUMNS} FROM audit_segments WHERE last_seq >= ?1 ORDER BY first_seq"
+                "SELECT {SEGMENT_COLUMNS} FROM audit_segments WHERE first_seq > ?1 AND last_seq >= ?2 ORDER BY first_seq"
             ))?;
-            let rows = q.query_map([from], segment_row)?;
+            // A segment holds at most SEGMENT_RECORDS records: the bound keeps this a range
+            // read of the newest segments instead of a scan of all of them.
+            let rows = q.query_map([from - SEGMENT_RECORDS as i64, from], segment_row)?;
             for row in rows {
                 let seg = Decoded::of(row?)?;
                 for i in 0..seg.records.len() {
