@@ -590,6 +590,24 @@ if [ "$HEIMDALL_STATUS" = ok ]; then
     HEIMDALL_HWM=$(awk '/^VmHWM:/ { print $2 }' "/proc/$HEIMDALL_PID/status")
 fi
 
+# ratio_table A B LABEL_A LABEL_B RATIO_NAME TARGET AT: per connection count, A's req/s and p50
+# next to B's and A/B; flags a ratio below TARGET at every count (AT=all) or only at AT connections
+ratio_table() {
+    awk -v a="$1" -v b="$2" -v la="$3" -v lb="$4" -v rn="$5" -v target="$6" -v at="$7" '
+    { key = $1 " " $2; rps[key] = $3; p50[key] = $4; ok[key] = ($9 == "ok"); if (!($2 in seen)) { seen[$2] = 1; order[++n] = $2 } }
+    END {
+        printf "%6s %12s %12s %12s %12s %12s  %s\n", "conns", "req/s " la, "req/s " lb, "ratio " rn, "p50 " la " ms", "p50 " lb " ms", ""
+        for (i = 1; i <= n; i++) {
+            c = order[i]; x = a " " c; y = b " " c
+            if (!(x in ok) || !(y in ok)) continue
+            if (!ok[x] || !ok[y]) { printf "%6s %12s\n", c, "n/a (a run is missing)"; continue }
+            r = (rps[y] > 0) ? rps[x] / rps[y] : -1
+            flag = ((at == "all" || c == at) && r >= 0 && r < target) ? "!!! BELOW " target : ""
+            printf "%6s %12.1f %12.1f %12s %12.3f %12.3f  %s\n", c, rps[x], rps[y], (r >= 0) ? sprintf("%.3f", r) : "n/a", p50[x], p50[y], flag
+        }
+    }' "$OUT/results.tsv"
+}
+
 # --- report ----------------------------------------------------------------------
 printf '%s\n' "${RESULTS[@]}" >"$OUT/all-rounds.tsv"
 # One row per target and connection count: medians of req/s, p50 and p99; sums of errors and requests.
@@ -647,36 +665,12 @@ CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
     echo
     if grep -q '^heimdall-jwt ' "$OUT/results.tsv"; then
         echo "Heimdall with a JWT vs with the virtual key (target: req/s ratio j/k >= 0.90):"
-        awk '
-        { key = $1 " " $2; rps[key] = $3; p50[key] = $4; ok[key] = ($9 == "ok"); if (!($2 in seen)) { seen[$2] = 1; order[++n] = $2 } }
-        END {
-            printf "%6s %12s %12s %10s %12s %12s  %s\n", "conns", "req/s jwt", "req/s key", "ratio j/k", "p50 jwt ms", "p50 key ms", ""
-            for (i = 1; i <= n; i++) {
-                c = order[i]; j = "heimdall-jwt " c; k = "heimdall " c
-                if (!(j in ok)) continue
-                if (!ok[j] || !ok[k]) { printf "%6s %12s\n", c, "n/a (a run is missing)"; continue }
-                r = (rps[k] > 0) ? rps[j] / rps[k] : -1
-                flag = (r >= 0 && r < 0.9) ? "!!! BELOW 0.90" : ""
-                printf "%6s %12.1f %12.1f %10s %12.3f %12.3f  %s\n", c, rps[j], rps[k], (r >= 0) ? sprintf("%.2f", r) : "n/a", p50[j], p50[k], flag
-            }
-        }' "$OUT/results.tsv"
+        ratio_table heimdall-jwt heimdall jwt key j/k 0.90 all
         echo
     fi
     if grep -q '^heimdall-noaudit ' "$OUT/results.tsv"; then
         echo "Heimdall with the audit trail (audit enabled = $AUDIT) vs without (target at 50 connections: ratio on/off >= 0.95):"
-        awk '
-        { key = $1 " " $2; rps[key] = $3; p50[key] = $4; ok[key] = ($9 == "ok"); if (!($2 in seen)) { seen[$2] = 1; order[++n] = $2 } }
-        END {
-            printf "%6s %12s %12s %11s %12s %12s  %s\n", "conns", "req/s on", "req/s off", "ratio on/off", "p50 on ms", "p50 off ms", ""
-            for (i = 1; i <= n; i++) {
-                c = order[i]; a = "heimdall " c; o = "heimdall-noaudit " c
-                if (!(o in ok)) continue
-                if (!ok[a] || !ok[o]) { printf "%6s %12s\n", c, "n/a (a run is missing)"; continue }
-                r = (rps[o] > 0) ? rps[a] / rps[o] : -1
-                flag = (c == 50 && r >= 0 && r < 0.95) ? "!!! BELOW 0.95" : ""
-                printf "%6s %12.1f %12.1f %11s %12.3f %12.3f  %s\n", c, rps[a], rps[o], (r >= 0) ? sprintf("%.3f", r) : "n/a", p50[a], p50[o], flag
-            }
-        }' "$OUT/results.tsv"
+        ratio_table heimdall heimdall-noaudit on off on/off 0.95 50
         total=$(awk '$1 == "heimdall-noaudit" { s += $8 } END { print s + 0 }' "$OUT/results.tsv")
         awk -v t="$NOAUDIT_TICKS" -v n="$total" -v hz="$CLK_TCK" 'BEGIN {
             if (n > 0) printf "Heimdall CPU per request, audit off: %.1f us (%d ticks at %d Hz over %d requests)\n", t * 1e6 / hz / n, t, hz, n
