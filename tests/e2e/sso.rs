@@ -9,6 +9,17 @@ use serde_json::{Value, json};
 use crate::harness::*;
 use heimdall::store::audit::AuditQuery;
 
+/// How many `api_request` records of the trail name this user and team.
+fn requests_charged_to(db: &std::path::Path, user: &str, team: &str) -> usize {
+    let q = AuditQuery {
+        r#type: Some("api_request".into()),
+        user_id: Some(user.into()),
+        team_id: Some(team.into()),
+        ..Default::default()
+    };
+    stored_events(db, q).len()
+}
+
 const ENTRA_TID: &str = "3f7c1c2e-5b7d-4a8e-9c1f-2d6e8a4b0c11";
 const ENTRA_API: &str = "00000000-1111-2222-3333-444444444444";
 
@@ -124,16 +135,7 @@ async fn a_provider_token_is_governed_as_its_user_and_every_forgery_is_refused()
     // Every refusal is in the trail as an invalid credential; bob's request as bob's.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let db = gw.config_path.with_file_name("heimdall.db");
-    let by_bob = stored_events(
-        &db,
-        AuditQuery {
-            r#type: Some("api_request".into()),
-            user_id: Some("bob".into()),
-            team_id: Some("team-alpha".into()),
-            ..Default::default()
-        },
-    )
-    .len();
+    let by_bob = requests_charged_to(&db, "bob", "team-alpha");
     let invalid =
         stored_events(&db, AuditQuery { r#type: Some("invalid_credential".into()), ..Default::default() }).len();
     assert_eq!(by_bob, 1);
@@ -274,16 +276,7 @@ async fn an_unknown_users_token_provisions_them_and_the_default_policy_governs_f
     let r = chat(&gw, &victor).await;
     assert_eq!(r.status(), 200);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let own = stored_events(
-        &gw.config_path.with_file_name("heimdall.db"),
-        AuditQuery {
-            r#type: Some("api_request".into()),
-            user_id: Some("idp-victor".into()),
-            team_id: Some("team-alpha".into()),
-            ..Default::default()
-        },
-    )
-    .len();
+    let own = requests_charged_to(&gw.config_path.with_file_name("heimdall.db"), "idp-victor", "team-alpha");
     assert_eq!(own, 1, "the request after provisioning is charged to the user and their team");
 }
 
