@@ -133,6 +133,7 @@ fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let opts = dataplane::ServeOptions {
         listen: server.listen.parse()?,
         header_read_timeout: server.header_read_timeout,
+        io_driver: server.io_driver,
         shutdown_grace: server.shutdown_grace,
     };
     let (addr, cores) = dataplane::start(shared, ring_tx, opts)?;

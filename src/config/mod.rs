@@ -57,6 +57,21 @@ pub struct ServerConfig {
     /// On SIGTERM, how long in-flight requests may take to finish before the process exits.
     #[serde(deserialize_with = "de_duration")]
     pub shutdown_grace: Duration,
+    /// The data plane's IO driver.
+    pub io_driver: IoDriver,
+}
+
+/// Which monoio driver the data-plane cores run on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoDriver {
+    /// io_uring where the kernel allows it, else epoll.
+    #[default]
+    Auto,
+    /// io_uring or refuse to start.
+    IoUring,
+    /// epoll (monoio's legacy driver), even where io_uring is available.
+    Epoll,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +84,7 @@ impl Default for ServerConfig {
             max_body_bytes: 10 * 1024 * 1024,
             header_read_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
+            io_driver: IoDriver::Auto,
         }
     }
 }

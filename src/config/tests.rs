@@ -133,3 +133,12 @@ fn rate_limits_need_requests_or_tokens() {
     let e = refuse("[[governance.teams]]\nid = \"t\"\nrate_limits = [{ per = \"1m\" }]\n");
     assert!(e.reason.contains("requests"), "{e}");
 }
+
+#[test]
+fn the_io_driver_is_auto_unless_named_and_an_unknown_one_is_refused_with_its_line() {
+    assert_eq!(parse(Path::new("e.toml"), "").unwrap().config.server.io_driver, IoDriver::Auto);
+    let c = parse(Path::new("e.toml"), "[server]\nio_driver = \"epoll\"\n").unwrap().config;
+    assert_eq!(c.server.io_driver, IoDriver::Epoll);
+    let e = refuse("[server]\nio_driver = \"kqueue\"\n");
+    assert_eq!(e.line, Some(2), "{e}");
+}

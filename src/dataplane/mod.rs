@@ -23,6 +23,7 @@ use monoio_compat::hyper::MonoioTimer;
 
 use self::core::CoreCtx;
 use crate::audit::CoreAuditTx;
+use crate::config::IoDriver;
 use crate::state::Shared;
 
 /// Listener and connection settings every core uses.
@@ -31,6 +32,7 @@ pub struct ServeOptions {
     pub listen: SocketAddr,
     pub header_read_timeout: Duration,
     pub shutdown_grace: Duration,
+    pub io_driver: crate::config::IoDriver,
 }
 
 /// Starts one core per audit ring. Returns the address actually bound (port 0 resolved) once
@@ -65,23 +67,38 @@ fn run_core(
     opts: ServeOptions,
     ready: std::sync::mpsc::Sender<Result<SocketAddr, String>>,
 ) {
-    let runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build();
-    let mut runtime = match runtime {
-        Ok(rt) => rt,
-        Err(e) => {
-            let _ = ready.send(Err(format!("core {id}: cannot build runtime: {e}")));
-            return;
+    let io_driver = opts.io_driver;
+    let fail = |ready: std::sync::mpsc::Sender<Result<SocketAddr, String>>, e: std::io::Error| {
+        let _ = ready.send(Err(format!("core {id}: cannot build the {io_driver:?} runtime: {e}")));
+    };
+    // The same core on whichever driver was asked for; each builder has its own runtime type.
+    let core = move |driver: &str, ready| {
+        tracing::info!(core = id, driver, "data-plane core starting");
+        async move {
+            let core = Rc::new(CoreCtx::new(id, shared, ring, upstream::Pool::default()));
+            serve(core, opts, ready).await;
         }
     };
-    let driver = match &runtime {
-        monoio::FusionRuntime::Uring(_) => "io_uring",
-        monoio::FusionRuntime::Legacy(_) => "legacy (epoll)",
-    };
-    tracing::info!(core = id, driver, "data-plane core starting");
-    runtime.block_on(async move {
-        let core = Rc::new(CoreCtx::new(id, shared, ring, upstream::Pool::default()));
-        serve(core, opts, ready).await;
-    });
+    match io_driver {
+        IoDriver::Auto => match monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build() {
+            Ok(mut rt) => {
+                let driver = match &rt {
+                    monoio::FusionRuntime::Uring(_) => "io_uring",
+                    monoio::FusionRuntime::Legacy(_) => "legacy (epoll)",
+                };
+                rt.block_on(core(driver, ready))
+            }
+            Err(e) => fail(ready, e),
+        },
+        IoDriver::IoUring => match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().enable_timer().build() {
+            Ok(mut rt) => rt.block_on(core("io_uring", ready)),
+            Err(e) => fail(ready, e),
+        },
+        IoDriver::Epoll => match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build() {
+            Ok(mut rt) => rt.block_on(core("legacy (epoll)", ready)),
+            Err(e) => fail(ready, e),
+        },
+    }
 }
 
 async fn serve(core: Rc<CoreCtx>, opts: ServeOptions, ready: std::sync::mpsc::Sender<Result<SocketAddr, String>>) {

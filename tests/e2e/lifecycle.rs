@@ -103,3 +103,18 @@ async fn a_tiny_ring_spills_but_loses_no_record() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(gw.metric("heimdall_audit_records_total").await, 20.0);
 }
+
+#[tokio::test]
+async fn the_epoll_driver_serves_plain_and_streamed_chats_when_asked_for() {
+    let (mock, _d) = mock(&[]);
+    let cfg = config(&mock.addr, "").replace("[server]\n", "[server]\nio_driver = \"epoll\"\n");
+    let gw = gateway(&cfg);
+    let url = gw.url("/v1/chat/completions");
+    let r = post(&url, Some(KEY), &chat_body("gpt-4o-mini", "hello")).await;
+    assert_eq!(r.status(), 200);
+    let mut body = chat_body("gpt-4o-mini", "hello");
+    body["stream"] = true.into();
+    let text = post(&url, Some(KEY), &body).await.text().await.unwrap();
+    assert_eq!(sse_data(&text).last().map(String::as_str), Some("[DONE]"), "{text}");
+    assert!(gw.proc.stderr().contains("driver=\"legacy (epoll)\""), "{}", gw.proc.stderr());
+}
