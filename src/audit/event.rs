@@ -203,9 +203,9 @@ impl Auditable for AuditEvent {
     }
 }
 
-/// One data-plane request on its way to the store: the ring's record and the event's id. It
-/// serializes straight from the record into the store's buffer (no owned [`AuditEvent`] in
-/// between: this runs once per request), to the shape an `AuditEvent` parses back from.
+/// One data-plane request on its way to the store: the ring's record, the event's id and its
+/// class. It is written straight from the record into the store's buffer (no owned
+/// [`AuditEvent`] in between: this runs once per request) and parses back as an `AuditEvent`.
 #[derive(Debug)]
 pub struct RequestEvent {
     id: uuid::Uuid,
@@ -213,82 +213,33 @@ pub struct RequestEvent {
     record: RequestRecord,
 }
 
-/// A value written as its `Display` text, without an intermediate `String`.
-struct Shown<T>(T);
-
-impl<T: std::fmt::Display> Serialize for Shown<T> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.0)
-    }
-}
-
-/// The borrowed image of an [`AuditEvent`]: same fields, same order.
-#[derive(Serialize)]
-struct RequestView<'a> {
-    id: Shown<uuid::fmt::Hyphenated>,
-    timestamp_ms: i64,
-    category: &'static str,
-    r#type: &'static str,
-    outcome: &'static str,
-    actor_type: &'static str,
-    actor_id: Option<&'a str>,
-    client_ip: Option<Shown<std::net::IpAddr>>,
-    target_type: Option<&'static str>,
-    target_id: Option<&'a str>,
-    customer_id: Option<&'a str>,
-    team_id: Option<&'a str>,
-    user_id: Option<&'a str>,
-    virtual_key_id: Option<&'a str>,
-    request_id: Option<Shown<uuid::fmt::Hyphenated>>,
-    details: RequestDetails<'a>,
-}
-
 impl RequestEvent {
     pub fn new(record: RequestRecord) -> Self {
         RequestEvent { id: new_uuid(), class: classify(&record), record }
     }
 
-    fn view(&self) -> RequestView<'_> {
+    fn details(&self) -> RequestDetails<'_> {
         let r = &self.record;
-        let (category, r#type, outcome) = self.class;
-        let ended = match r.outcome {
-            Outcome::Completed => "completed",
-            Outcome::ClientClosed => "client_closed",
-            Outcome::UpstreamBroken => "upstream_broken",
-        };
         let usage = r.usage.unwrap_or_default();
-        RequestView {
-            id: Shown(self.id.hyphenated()),
-            timestamp_ms: r.at_unix_ms as i64,
-            category,
-            r#type,
-            outcome,
-            actor_type: if r.virtual_key.is_some() { "virtual_key" } else { "anonymous" },
-            actor_id: r.virtual_key.as_deref(),
-            client_ip: Some(Shown(r.client_ip)),
-            target_type: r.model.as_ref().map(|_| "model"),
-            target_id: r.model.as_deref(),
-            customer_id: r.customer.as_deref(),
-            team_id: r.team.as_deref(),
-            user_id: r.user.as_deref(),
-            virtual_key_id: r.virtual_key.as_deref(),
-            request_id: Some(Shown(r.request_id.hyphenated())),
-            details: RequestDetails {
-                route: r.route.as_str(),
-                status: r.status,
-                error_type: r.error_type,
-                ended,
-                provider: r.provider.as_deref(),
-                model: r.model.as_deref(),
-                stream: r.stream,
-                attempts: r.attempts.into(),
-                prompt_tokens: usage.prompt_tokens,
-                completion_tokens: usage.completion_tokens,
-                cost_micros: r.cost_micros,
-                latency_us: r.latency_us,
-                ttfb_us: r.ttfb_us,
-                core: r.core,
+        RequestDetails {
+            route: r.route.as_str(),
+            status: r.status,
+            error_type: r.error_type,
+            ended: match r.outcome {
+                Outcome::Completed => "completed",
+                Outcome::ClientClosed => "client_closed",
+                Outcome::UpstreamBroken => "upstream_broken",
             },
+            provider: r.provider.as_deref(),
+            model: r.model.as_deref(),
+            stream: r.stream,
+            attempts: r.attempts.into(),
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            cost_micros: r.cost_micros,
+            latency_us: r.latency_us,
+            ttfb_us: r.ttfb_us,
+            core: r.core,
         }
     }
 }
@@ -299,7 +250,8 @@ impl Auditable for RequestEvent {
     }
 
     fn write_canonical(&self, out: &mut Vec<u8>) {
-        let v = self.view();
+        let r = &self.record;
+        let (category, r#type, outcome) = self.class;
         // The address's text on the stack: this runs once per request.
         let mut ip = [0u8; 48];
         let ip_len = {
@@ -312,21 +264,21 @@ impl Auditable for RequestEvent {
             out,
             &StoredRecord {
                 id: StoredId::Uuid(*self.id.as_bytes()),
-                timestamp_ms: v.timestamp_ms,
-                category: v.category,
-                r#type: v.r#type,
-                outcome: v.outcome,
-                actor_type: v.actor_type,
-                actor_id: v.actor_id,
+                timestamp_ms: r.at_unix_ms as i64,
+                category,
+                r#type,
+                outcome,
+                actor_type: if r.virtual_key.is_some() { "virtual_key" } else { "anonymous" },
+                actor_id: r.virtual_key.as_deref(),
                 client_ip: std::str::from_utf8(&ip[..ip_len]).ok(),
-                target_type: v.target_type,
-                target_id: v.target_id,
-                customer_id: v.customer_id,
-                team_id: v.team_id,
-                user_id: v.user_id,
-                virtual_key_id: v.virtual_key_id,
-                request_id: Some(StoredId::Uuid(*self.record.request_id.as_bytes())),
-                details: StoredDetails::Request(v.details),
+                target_type: r.model.as_ref().map(|_| "model"),
+                target_id: r.model.as_deref(),
+                customer_id: r.customer.as_deref(),
+                team_id: r.team.as_deref(),
+                user_id: r.user.as_deref(),
+                virtual_key_id: r.virtual_key.as_deref(),
+                request_id: Some(StoredId::Uuid(*r.request_id.as_bytes())),
+                details: StoredDetails::Request(self.details()),
             },
         );
     }
@@ -457,12 +409,15 @@ pub fn parse_canonical(bytes: &[u8]) -> Result<AuditEvent, String> {
     })
 }
 
-/// The chain link of `event` after `prev`: SHA-256, or HMAC-SHA256 when the chain is signed.
-pub fn link(prev: &[u8], event: &AuditEvent, hmac_key: Option<&[u8]>) -> Vec<u8> {
+/// The chain link of `event` after `prev` as the first layout computed it (over its JSON):
+/// what tests use to build stores of that layout.
+#[cfg(test)]
+pub(crate) fn link(prev: &[u8], event: &AuditEvent, hmac_key: Option<&[u8]>) -> Vec<u8> {
     link_bytes(prev, &event.canonical(), hmac_key).to_vec()
 }
 
-/// [`link`] over a record's canonical bytes as stored (what the store writes and verify reads).
+/// The chain link of a record after `prev`, over its canonical bytes as stored (what the store
+/// writes and verify reads): SHA-256, or HMAC-SHA256 when the chain is signed.
 pub fn link_bytes(prev: &[u8], canonical: &[u8], hmac_key: Option<&[u8]>) -> [u8; 32] {
     use sha2::Digest;
     match hmac_key {

@@ -377,7 +377,9 @@ impl Store {
                 }
                 reached_young = true;
                 if min_ts < cutoff_ms {
-                    // Cut through this segment: keep it from its first young record on.
+                    // Cut through this segment: keep it from its first young record on; it
+                    // still ends where it ended.
+                    let end = (row.last_seq, row.last_hash.clone());
                     let seg = Decoded::of(row)?;
                     let keep = (0..seg.records.len())
                         .find(|&i| seg.records.entry(i).is_some_and(|e| e.ts >= cutoff_ms))
@@ -386,15 +388,8 @@ impl Store {
                         let last_gone = seg.records.entry(keep - 1).map(|e| e.hash.to_vec()).unwrap_or_default();
                         let gone_seq = seg.first_seq + keep as i64 - 1;
                         let mut w = seg.records.suffix(keep);
-                        let last_hash: Vec<u8> =
-                            seg.records.entry(seg.records.len() - 1).map(|e| e.hash.to_vec()).unwrap_or_default();
                         tx.execute("DELETE FROM audit_segments WHERE first_seq = ?1", [seg.first_seq])?;
-                        flush_segment(
-                            &tx,
-                            &mut w,
-                            Some((gone_seq + 1, last_gone.clone())),
-                            &(seg.first_seq + seg.records.len() as i64 - 1, last_hash),
-                        )?;
+                        flush_segment(&tx, &mut w, Some((gone_seq + 1, last_gone.clone())), &end)?;
                         removed += keep as u64;
                         cut = Some((gone_seq, last_gone));
                     }

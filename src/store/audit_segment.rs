@@ -26,17 +26,9 @@ pub(super) struct SegmentWriter {
 }
 
 impl SegmentWriter {
+    /// Appends a record whose bytes and hash are already known (migration, retention, tests).
     pub fn push(&mut self, ts: i64, canonical: &[u8], hash: &[u8; 32]) {
-        if self.count == 0 {
-            (self.min_ts, self.max_ts) = (ts, ts);
-        }
-        self.min_ts = self.min_ts.min(ts);
-        self.max_ts = self.max_ts.max(ts);
-        self.raw.extend_from_slice(&(canonical.len() as u32).to_le_bytes());
-        self.raw.extend_from_slice(&ts.to_le_bytes());
-        self.raw.extend_from_slice(canonical);
-        self.raw.extend_from_slice(hash);
-        self.count += 1;
+        self.push_with(ts, |out| out.extend_from_slice(canonical), |_| *hash);
     }
 
     /// Appends one record whose canonical bytes `write` produces, chained by `link` (given
