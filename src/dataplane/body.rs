@@ -1,6 +1,7 @@
 //! Response bodies the gateway sends: whole ones, and streams relayed chunk by chunk from a
 //! provider (translated when needed). A stream accounts and audits its request when it ends.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -8,12 +9,11 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 use super::core::CoreCtx;
 use super::log::RequestLog;
 use super::pipeline::Account;
-use super::upstream::Lease;
+use super::upstream::{self, UpstreamError};
 use crate::audit::Outcome;
 use crate::metrics::UpstreamErrorKind;
 use crate::providers::anthropic::StreamTranslator;
@@ -84,12 +84,54 @@ impl StreamMode {
     }
 }
 
+/// A read of the provider's body in flight; it owns the body and gives it back with the result.
+type Reading = Pin<Box<dyn Future<Output = (upstream::Body, Result<Option<Bytes>, UpstreamError>)>>>;
+
+/// The provider's side of a stream.
+enum Upstream {
+    Idle(upstream::Body),
+    Reading(Reading),
+    Gone,
+}
+
+impl Upstream {
+    /// The next piece of the provider's body. Data already read is taken without a new read.
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, UpstreamError>> {
+        loop {
+            match std::mem::replace(self, Upstream::Gone) {
+                Upstream::Idle(mut body) => match body.buffered() {
+                    Ok(None) if !body.is_done() => {
+                        *self = Upstream::Reading(Box::pin(async move {
+                            let next = body.chunk().await;
+                            (body, next)
+                        }));
+                    }
+                    next => {
+                        *self = Upstream::Idle(body);
+                        return Poll::Ready(next);
+                    }
+                },
+                Upstream::Reading(mut read) => match read.as_mut().poll(cx) {
+                    Poll::Ready((body, next)) => {
+                        *self = Upstream::Idle(body);
+                        return Poll::Ready(next);
+                    }
+                    Poll::Pending => {
+                        *self = Upstream::Reading(read);
+                        return Poll::Pending;
+                    }
+                },
+                Upstream::Gone => return Poll::Ready(Ok(None)),
+            }
+        }
+    }
+}
+
 /// A streamed response in flight. Dropping it before the end (the client left) drops the
 /// provider's response too, which closes that upstream connection instead of reading on.
 pub struct StreamBody {
     core: Rc<CoreCtx>,
-    upstream: Incoming,
-    lease: Option<Lease>,
+    upstream: Upstream,
     mode: StreamMode,
     out: BytesMut,
     idle_timeout: Duration,
@@ -102,8 +144,7 @@ pub struct StreamBody {
 impl StreamBody {
     pub fn new(
         core: Rc<CoreCtx>,
-        upstream: Incoming,
-        lease: Lease,
+        upstream: upstream::Body,
         mode: StreamMode,
         idle_timeout: Duration,
         log: RequestLog,
@@ -112,8 +153,7 @@ impl StreamBody {
         core.metrics().stream_opened();
         Self {
             core,
-            upstream,
-            lease: Some(lease),
+            upstream: Upstream::Idle(upstream),
             mode,
             out: BytesMut::with_capacity(4096),
             idle_timeout,
@@ -130,12 +170,11 @@ impl StreamBody {
         if let Some(account) = self.account.take() {
             self.log.cost_micros = Some(account.close(self.log.usage).1);
         }
-        if outcome == Outcome::Completed {
-            if let Some(lease) = self.lease.take() {
-                self.core.pool.give_back(lease);
-            }
-        } else {
-            self.lease = None;
+        // A broken stream's connection is closed here, never reused.
+        if let Upstream::Idle(body) = std::mem::replace(&mut self.upstream, Upstream::Gone)
+            && outcome == Outcome::Completed
+        {
+            self.core.pool.give_back(body);
         }
         self.log.finish(status, outcome);
     }
@@ -165,22 +204,20 @@ impl Body for StreamBody {
             if this.ended {
                 return Poll::Ready(None);
             }
-            match Pin::new(&mut this.upstream).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        if this.log.ttfb.is_none() {
-                            this.log.ttfb = Some(this.log.elapsed());
-                        }
-                        this.mode.feed(&data, &mut this.out);
-                        let deadline = monoio::time::Instant::now() + this.idle_timeout;
-                        this.idle.as_mut().reset(deadline);
+            match this.upstream.poll_next(cx) {
+                Poll::Ready(Ok(Some(data))) => {
+                    if this.log.ttfb.is_none() {
+                        this.log.ttfb = Some(this.log.elapsed());
                     }
+                    this.mode.feed(&data, &mut this.out);
+                    let deadline = monoio::time::Instant::now() + this.idle_timeout;
+                    this.idle.as_mut().reset(deadline);
                 }
-                Poll::Ready(Some(Err(e))) => {
+                Poll::Ready(Err(e)) => {
                     let msg = format!("the provider's stream broke: {e}");
                     this.fail(UpstreamErrorKind::StreamBroken, "upstream_error", &msg);
                 }
-                Poll::Ready(None) => {
+                Poll::Ready(Ok(None)) => {
                     this.mode.finish(&mut this.out);
                     this.end(Outcome::Completed, 200);
                 }
@@ -214,5 +251,3 @@ impl Drop for StreamBody {
         }
     }
 }
-
-use std::future::Future as _;

@@ -4,13 +4,11 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http::StatusCode;
 
 use super::core::CoreCtx;
 use super::log::RequestLog;
-use super::upstream::Lease;
+use super::upstream::{Response, wire};
 use crate::config::ProviderKind;
 use crate::error::GatewayError;
 use crate::metrics::UpstreamErrorKind;
@@ -27,14 +25,10 @@ pub enum Endpoint {
 
 /// The response of the attempt that succeeded.
 pub struct Sent {
-    pub response: http::Response<Incoming>,
-    pub lease: Lease,
+    pub response: Response,
     /// Index into the targets: 0 is the requested model, then the fallbacks in order.
     pub target: usize,
 }
-
-const X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
-const ANTHROPIC_VERSION: http::HeaderName = http::HeaderName::from_static("anthropic-version");
 
 /// Largest error body read from a provider (to quote its message).
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
@@ -52,7 +46,7 @@ pub async fn forward(
     for (index, target) in targets.iter().enumerate() {
         let body = body_for(target)?;
         match attempt_target(core, target.provider, endpoint, &body, log).await {
-            Ok((response, lease)) => return Ok(Sent { response, lease, target: index }),
+            Ok(response) => return Ok(Sent { response, target: index }),
             Err(e @ GatewayError::ProviderRejected { .. }) if index == 0 => return Err(e),
             Err(e) => {
                 tracing::debug!(provider = %target.provider.name, model = target.model, error = %e, "target failed");
@@ -69,7 +63,7 @@ async fn attempt_target(
     endpoint: Endpoint,
     body: &Bytes,
     log: &mut RequestLog,
-) -> Result<(http::Response<Incoming>, Lease), GatewayError> {
+) -> Result<Response, GatewayError> {
     let path = match endpoint {
         Endpoint::Chat => provider.chat_path.as_str(),
         Endpoint::Embeddings => provider.embeddings_path.as_deref().ok_or_else(|| {
@@ -82,7 +76,7 @@ async fn attempt_target(
     for attempt in 0..=provider.max_retries {
         let key = pick_key(&provider.keys, tried);
         tried |= 1u64 << (key % 64);
-        let req = build_request(provider, path, &provider.keys[key], body.clone())?;
+        let req = build_request(provider, path, &provider.keys[key], body);
         log.attempts = log.attempts.saturating_add(1);
         let sent = monoio::time::timeout(
             provider.timeout,
@@ -103,17 +97,13 @@ async fn attempt_target(
                 metrics.upstream_error(UpstreamErrorKind::Connect);
                 last = GatewayError::Upstream(format!("provider '{}' is unreachable: {e}", provider.name));
             }
-            Ok(Ok((resp, lease))) => {
-                let status = resp.status();
+            Ok(Ok(resp)) => {
+                let status = resp.status;
                 if status.is_success() {
-                    return Ok((resp, lease));
+                    return Ok(resp);
                 }
-                let retry_after = resp
-                    .headers()
-                    .get(header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok());
-                let message = error_message(core, provider, resp, lease).await;
+                let retry_after = resp.retry_after;
+                let message = error_message(core, provider, resp).await;
                 match status {
                     StatusCode::TOO_MANY_REQUESTS => {
                         metrics.upstream_error(UpstreamErrorKind::RateLimited);
@@ -159,35 +149,29 @@ async fn attempt_target(
     Err(last)
 }
 
-fn build_request(
-    provider: &Provider,
-    path: &str,
-    key: &ProviderKey,
-    body: Bytes,
-) -> Result<Request<Full<Bytes>>, GatewayError> {
-    let mut builder = Request::builder()
-        .method(Method::POST)
-        .uri(path)
-        .header(header::HOST, provider.origin.authority.clone())
-        .header(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))
-        .header(header::CONTENT_LENGTH, body.len());
-    builder = match provider.kind {
-        ProviderKind::Openai => builder.header(header::AUTHORIZATION, key.header.clone()),
-        ProviderKind::Anthropic => builder
-            .header(X_API_KEY, key.header.clone())
-            .header(ANTHROPIC_VERSION, HeaderValue::from_static(anthropic::ANTHROPIC_VERSION)),
-    };
-    builder.body(Full::new(body)).map_err(|e| GatewayError::Internal(e.to_string()))
+/// The provider's request: its endpoint, our key for it, the body. The path came from a parsed
+/// URI, so it fits a request line as it is.
+fn build_request(provider: &Provider, path: &str, key: &ProviderKey, body: &[u8]) -> Bytes {
+    let authority = provider.origin.authority.as_bytes();
+    let key = key.header.as_bytes();
+    match provider.kind {
+        ProviderKind::Openai => wire::post(path, authority, &[("authorization", key)], body),
+        ProviderKind::Anthropic => wire::post(
+            path,
+            authority,
+            &[("x-api-key", key), ("anthropic-version", anthropic::ANTHROPIC_VERSION.as_bytes())],
+            body,
+        ),
+    }
 }
 
 /// Reads a refused response's body (bounded) for its message, and keeps the connection if it can.
-async fn error_message(core: &CoreCtx, provider: &Provider, resp: http::Response<Incoming>, lease: Lease) -> String {
-    let read =
-        monoio::time::timeout(provider.timeout, Limited::new(resp.into_body(), ERROR_BODY_LIMIT).collect()).await;
+async fn error_message(core: &CoreCtx, provider: &Provider, mut resp: Response) -> String {
+    let read = monoio::time::timeout(provider.timeout, resp.body.collect(ERROR_BODY_LIMIT)).await;
     let body = match read {
-        Ok(Ok(c)) => {
-            core.pool.give_back(lease);
-            c.to_bytes()
+        Ok(Ok(body)) => {
+            core.pool.give_back(resp.body);
+            body
         }
         _ => return "(no readable error body)".into(),
     };
@@ -237,6 +221,7 @@ fn backoff(provider: &Provider, attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     fn keys(weights: &[f64]) -> Vec<ProviderKey> {
         weights.iter().map(|&weight| ProviderKey { header: HeaderValue::from_static("k"), weight }).collect()

@@ -277,11 +277,9 @@ fn stream_reply(
     let room = admission.as_ref().map(Admission::headroom);
     let account =
         admission.map(|a| Account { admission: a, price: snap.price(&target.provider.name, target.model).copied() });
-    let upstream = sent.response.into_body();
     let body = StreamBody::new(
         core.clone(),
-        upstream,
-        sent.lease,
+        sent.response.body,
         mode,
         target.provider.stream_idle_timeout,
         log.hand_off(),
@@ -309,11 +307,10 @@ async fn whole_reply(
     admission: Option<Admission<SnapRef>>,
 ) -> Reply {
     let provider = target.provider;
-    let read =
-        monoio::time::timeout(provider.timeout, Limited::new(sent.response.into_body(), UPSTREAM_BODY_LIMIT).collect())
-            .await;
+    let mut upstream = sent.response.body;
+    let read = monoio::time::timeout(provider.timeout, upstream.collect(UPSTREAM_BODY_LIMIT)).await;
     let bytes = match read {
-        Ok(Ok(c)) => c.to_bytes(),
+        Ok(Ok(bytes)) => bytes,
         // The provider did (some) work: usage is unknown, so the reservation stays spent.
         Ok(Err(e)) => {
             return Err(GatewayError::Upstream(format!("provider '{}' sent an unreadable body: {e}", provider.name)));
@@ -325,7 +322,7 @@ async fn whole_reply(
             )));
         }
     };
-    core.pool.give_back(sent.lease);
+    core.pool.give_back(upstream);
     log.ttfb = Some(log.elapsed());
     let bytes = match provider.kind {
         ProviderKind::Openai => {

@@ -17,3 +17,4 @@ mod resilience;
 mod sdk;
 mod sso;
 mod streams;
+mod wire;
