@@ -17,7 +17,6 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
-use monoio::io::IntoPollIo;
 use monoio::net::{ListenerOpts, TcpListener};
 use monoio_compat::hyper::MonoioTimer;
 
@@ -126,13 +125,12 @@ async fn serve(core: Rc<CoreCtx>, opts: ServeOptions, ready: std::sync::mpsc::Se
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let io = match stream.into_poll_io() {
-                        Ok(io) => io,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot adopt accepted socket");
-                            continue;
-                        }
-                    };
+                    // Completion IO under hyper: a read waits in the ring for the next request
+                    // instead of hyper's readiness poll plus a recv that finds nothing (one
+                    // syscall a request), and writes are submitted with the ring's next batch.
+                    // The adapter copies through its own buffers; that is sound for HTTP/1.1,
+                    // which never rewrites bytes it already handed to a pending write.
+                    let io = monoio_compat::TcpStreamCompat::new(stream);
                     let svc_core = core.clone();
                     let service = service_fn(move |req| pipeline::handle(svc_core.clone(), peer, req));
                     let conn = graceful.watch(http.serve_connection(TokioIo::new(io), service));
