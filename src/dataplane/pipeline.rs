@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -287,6 +287,7 @@ fn stream_reply(
     );
     let mut r = Response::new(GatewayBody::Stream(Box::new(body)));
     let h = r.headers_mut();
+    h.reserve(RESPONSE_HEADERS);
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     add_route_headers(h, target);
@@ -357,6 +358,10 @@ fn add_route_headers(h: &mut http::HeaderMap, target: &Target<'_, '_>) {
     }
 }
 
+/// Headers a proxied response carries: content type, request id, route (2), limits (7), and
+/// the ones hyper adds (date, length).
+const RESPONSE_HEADERS: usize = 16;
+
 // The rate-limit headers OpenAI clients read, for the tightest limit on the caller's chain.
 const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
 const REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
@@ -367,24 +372,28 @@ const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-toke
 const BUDGET_REMAINING: HeaderName = HeaderName::from_static("x-heimdall-budget-remaining-usd");
 
 fn add_limit_headers(h: &mut http::HeaderMap, room: &Headroom) {
-    if let Some((limit, remaining, reset)) = room.requests {
-        h.insert(LIMIT_REQUESTS, limit.into());
-        h.insert(REMAINING_REQUESTS, remaining.into());
-        if let Ok(v) = HeaderValue::from_str(&format!("{reset}s")) {
-            h.insert(RESET_REQUESTS, v);
+    use std::fmt::Write as _;
+    // Every value is written into one buffer and handed out as a slice of it: one allocation for
+    // all of them, instead of one per header plus a String per formatted one.
+    let mut buf = BytesMut::with_capacity(128);
+    let mut put = |name: HeaderName, value: std::fmt::Arguments<'_>| {
+        let _ = buf.write_fmt(value);
+        if let Ok(v) = HeaderValue::from_maybe_shared(buf.split().freeze()) {
+            h.insert(name, v);
         }
+    };
+    if let Some((limit, remaining, reset)) = room.requests {
+        put(LIMIT_REQUESTS, format_args!("{limit}"));
+        put(REMAINING_REQUESTS, format_args!("{remaining}"));
+        put(RESET_REQUESTS, format_args!("{reset}s"));
     }
     if let Some((limit, remaining, reset)) = room.tokens {
-        h.insert(LIMIT_TOKENS, limit.into());
-        h.insert(REMAINING_TOKENS, remaining.into());
-        if let Ok(v) = HeaderValue::from_str(&format!("{reset}s")) {
-            h.insert(RESET_TOKENS, v);
-        }
+        put(LIMIT_TOKENS, format_args!("{limit}"));
+        put(REMAINING_TOKENS, format_args!("{remaining}"));
+        put(RESET_TOKENS, format_args!("{reset}s"));
     }
-    if let Some(micros) = room.budget_remaining
-        && let Ok(v) = HeaderValue::from_str(&format!("{:.6}", micros as f64 / 1e6))
-    {
-        h.insert(BUDGET_REMAINING, v);
+    if let Some(micros) = room.budget_remaining {
+        put(BUDGET_REMAINING, format_args!("{}.{:06}", micros / 1_000_000, micros % 1_000_000));
     }
 }
 
@@ -447,6 +456,8 @@ impl Account {
 fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Reply {
     let mut r = Response::new(GatewayBody::full(body));
     *r.status_mut() = status;
+    // Room for the route and limit headers, so the map never grows and rehashes.
+    r.headers_mut().reserve(RESPONSE_HEADERS);
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(r)
 }
@@ -463,5 +474,34 @@ async fn read_body(body: Incoming, limit: u64) -> Result<Bytes, GatewayError> {
             Err(GatewayError::PayloadTooLarge { limit })
         }
         Err(e) => Err(GatewayError::InvalidRequest(format!("could not read the request body: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_headers_carry_the_tightest_limits_and_the_budget_in_dollars() {
+        let room =
+            Headroom { requests: Some((100, 99, 60)), tokens: Some((5000, 0, 1)), budget_remaining: Some(12_000_050) };
+        let mut h = http::HeaderMap::new();
+        add_limit_headers(&mut h, &room);
+        let get = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("missing").to_string();
+        assert_eq!(get("x-ratelimit-limit-requests"), "100");
+        assert_eq!(get("x-ratelimit-remaining-requests"), "99");
+        assert_eq!(get("x-ratelimit-reset-requests"), "60s");
+        assert_eq!(get("x-ratelimit-limit-tokens"), "5000");
+        assert_eq!(get("x-ratelimit-remaining-tokens"), "0");
+        assert_eq!(get("x-ratelimit-reset-tokens"), "1s");
+        assert_eq!(get("x-heimdall-budget-remaining-usd"), "12.000050");
+    }
+
+    #[test]
+    fn no_limits_means_no_limit_headers() {
+        let mut h = http::HeaderMap::new();
+        add_limit_headers(&mut h, &Headroom { requests: None, tokens: None, budget_remaining: Some(0) });
+        assert_eq!(h.len(), 1);
+        assert_eq!(h.get(BUDGET_REMAINING).map(|v| v.as_bytes()), Some(&b"0.000000"[..]));
     }
 }

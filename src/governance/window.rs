@@ -26,6 +26,10 @@ pub fn calendar(w: Window, now: i64) -> (i64, i64) {
         let start = now - now.rem_euclid(len);
         (start, start + len)
     };
+    // The fixed-length windows need no calendar (and are the ones rate limits check on every request).
+    if matches!(w, Window::Seconds30 | Window::Minute | Window::Minutes5 | Window::Hour | Window::Day) {
+        return fixed(length(w));
+    }
     let Some(t) = DateTime::<Utc>::from_timestamp(now, 0) else { return fixed(length(w)) };
     let date = t.date_naive();
     let midnight = |d: NaiveDate| Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).unwrap_or_default()).timestamp();
@@ -39,7 +43,7 @@ pub fn calendar(w: Window, now: i64) -> (i64, i64) {
         Some((month_start(first.0, first.1)?, month_start(ny, nm)?))
     };
     let span = match w {
-        Window::Seconds30 | Window::Minute | Window::Minutes5 | Window::Hour | Window::Day => Some(fixed(length(w))),
+        Window::Seconds30 | Window::Minute | Window::Minutes5 | Window::Hour | Window::Day => None,
         Window::Week => {
             let monday = date - chrono::Duration::days(date.weekday().num_days_from_monday() as i64);
             let start = midnight(monday);
