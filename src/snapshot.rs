@@ -29,6 +29,9 @@ pub struct Snapshot {
     pub entities: Vec<Entity>,
     pub unpriced: Unpriced,
     pub pricing: FxHashMap<String, Price>,
+    /// `pricing` again, by provider then model, for keys written `provider/model`: looked up on
+    /// every request without formatting the key.
+    route_pricing: FxHashMap<Box<str>, FxHashMap<Box<str>, Price>>,
     /// Bearer-token issuers, their claim rules, and the users they may name.
     pub identity: Identity,
     /// The file as parsed, for the control plane's later consumers (management API, reports).
@@ -470,7 +473,15 @@ impl Snapshot {
                 };
                 (m.clone(), price)
             })
-            .collect();
+            .collect::<FxHashMap<_, _>>();
+        let mut route_pricing: FxHashMap<Box<str>, FxHashMap<Box<str>, Price>> = FxHashMap::default();
+        for (key, price) in &pricing {
+            // Every split, as `format!("{provider}/{model}")` could have produced the key at any '/'.
+            for (at, _) in key.match_indices('/') {
+                let (provider, model) = (&key[..at], &key[at + 1..]);
+                route_pricing.entry(provider.into()).or_default().insert(model.into(), *price);
+            }
+        }
 
         let admin_token = match &c.server.admin_token {
             Some(r) => match secret::resolve(r) {
@@ -499,6 +510,7 @@ impl Snapshot {
             entities,
             unpriced: c.governance.unpriced,
             pricing,
+            route_pricing,
             identity,
             config: Arc::new(c.clone()),
         })
@@ -519,7 +531,7 @@ impl Snapshot {
 
     /// The price of a model: `provider/model` first, then the bare name.
     pub fn price(&self, provider: &str, model: &str) -> Option<&Price> {
-        self.pricing.get(&format!("{provider}/{model}")).or_else(|| self.pricing.get(model))
+        self.route_pricing.get(provider).and_then(|m| m.get(model)).or_else(|| self.pricing.get(model))
     }
 }
 
@@ -619,7 +631,40 @@ fn build_identity(c: &FileConfig, jwks: &JwksCache) -> Result<Identity, BuildErr
 
 #[cfg(test)]
 mod tests {
-    use super::AllowList;
+    use super::{AllowList, Snapshot};
+
+    #[test]
+    fn a_price_for_provider_and_model_wins_over_the_bare_model() {
+        let text = r#"
+[[providers]]
+name = "openai"
+kind = "openai"
+base_url = "http://127.0.0.1:9/v1"
+models = ["gpt-4o-mini", "meta/llama"]
+keys = [{ value = "k" }]
+
+[pricing."gpt-4o-mini"]
+input_per_mtok = 1.0
+output_per_mtok = 1.0
+
+[pricing."openai/gpt-4o-mini"]
+input_per_mtok = 2.0
+output_per_mtok = 2.0
+
+[pricing."meta/llama"]
+input_per_mtok = 3.0
+output_per_mtok = 3.0
+"#;
+        let loaded = crate::config::parse(std::path::Path::new("t.toml"), text).unwrap();
+        let snap = Snapshot::build(&loaded, 1, &Default::default()).unwrap();
+        let input = |p: &str, m: &str| snap.price(p, m).map(|p| p.input_per_mtok);
+        assert_eq!(input("openai", "gpt-4o-mini"), Some(2.0));
+        assert_eq!(input("other", "gpt-4o-mini"), Some(1.0));
+        // A bare name with a slash is still found as a bare name, and as provider "meta".
+        assert_eq!(input("openai", "meta/llama"), Some(3.0));
+        assert_eq!(input("meta", "llama"), Some(3.0));
+        assert_eq!(input("openai", "llama"), None);
+    }
 
     #[test]
     fn model_lists_match_bare_qualified_and_wildcard_entries() {

@@ -372,28 +372,41 @@ const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-toke
 const BUDGET_REMAINING: HeaderName = HeaderName::from_static("x-heimdall-budget-remaining-usd");
 
 fn add_limit_headers(h: &mut http::HeaderMap, room: &Headroom) {
-    use std::fmt::Write as _;
+    use super::upstream::wire::put_u64;
     // Every value is written into one buffer and handed out as a slice of it: one allocation for
     // all of them, instead of one per header plus a String per formatted one.
     let mut buf = BytesMut::with_capacity(128);
-    let mut put = |name: HeaderName, value: std::fmt::Arguments<'_>| {
-        let _ = buf.write_fmt(value);
+    let mut put = |name: HeaderName, write: &dyn Fn(&mut BytesMut)| {
+        write(&mut buf);
         if let Ok(v) = HeaderValue::from_maybe_shared(buf.split().freeze()) {
             h.insert(name, v);
         }
     };
+    let seconds = |n: u64| {
+        move |b: &mut BytesMut| {
+            put_u64(b, n);
+            b.extend_from_slice(b"s");
+        }
+    };
     if let Some((limit, remaining, reset)) = room.requests {
-        put(LIMIT_REQUESTS, format_args!("{limit}"));
-        put(REMAINING_REQUESTS, format_args!("{remaining}"));
-        put(RESET_REQUESTS, format_args!("{reset}s"));
+        put(LIMIT_REQUESTS, &|b| put_u64(b, limit));
+        put(REMAINING_REQUESTS, &|b| put_u64(b, remaining));
+        put(RESET_REQUESTS, &seconds(reset));
     }
     if let Some((limit, remaining, reset)) = room.tokens {
-        put(LIMIT_TOKENS, format_args!("{limit}"));
-        put(REMAINING_TOKENS, format_args!("{remaining}"));
-        put(RESET_TOKENS, format_args!("{reset}s"));
+        put(LIMIT_TOKENS, &|b| put_u64(b, limit));
+        put(REMAINING_TOKENS, &|b| put_u64(b, remaining));
+        put(RESET_TOKENS, &seconds(reset));
     }
     if let Some(micros) = room.budget_remaining {
-        put(BUDGET_REMAINING, format_args!("{}.{:06}", micros / 1_000_000, micros % 1_000_000));
+        put(BUDGET_REMAINING, &|b| {
+            put_u64(b, micros / 1_000_000);
+            let fraction = micros % 1_000_000 + 1_000_000;
+            put_u64(b, fraction);
+            // "1xxxxxx" → ".xxxxxx": six digits with their leading zeros.
+            let dot = b.len() - 7;
+            b[dot] = b'.';
+        });
     }
 }
 

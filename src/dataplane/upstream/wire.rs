@@ -35,7 +35,7 @@ pub fn post(path: &str, authority: &[u8], auth: &[(&str, &[u8])], body: &[u8]) -
     out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     out.extend_from_slice(authority);
     out.extend_from_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
-    out.extend_from_slice(itoa(body.len() as u64, &mut [0; 20]));
+    put_u64(&mut out, body.len() as u64);
     for (name, value) in auth {
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(name.as_bytes());
@@ -47,16 +47,19 @@ pub fn post(path: &str, authority: &[u8], auth: &[(&str, &[u8])], body: &[u8]) -
     out.freeze()
 }
 
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
+/// Appends `n` in decimal (core::fmt costs several times more for the numbers of every response).
+pub fn put_u64(out: &mut BytesMut, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
     loop {
         i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
+        digits[i] = b'0' + (n % 10) as u8;
         n /= 10;
         if n == 0 {
-            return &buf[i..];
+            break;
         }
     }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// What the gateway needs of a response head.
@@ -302,6 +305,15 @@ mod tests {
             b"POST /v1/chat/completions HTTP/1.1\r\nhost: api.example.com\r\ncontent-type: application/json\r\n\
               content-length: 7\r\nauthorization: Bearer sk-1\r\n\r\n{\"a\":1}"
         );
+    }
+
+    #[test]
+    fn numbers_are_written_in_decimal() {
+        for n in [0, 7, 10, 99, 1234567890, u64::MAX] {
+            let mut out = BytesMut::new();
+            put_u64(&mut out, n);
+            assert_eq!(&out[..], n.to_string().as_bytes());
+        }
     }
 
     #[test]
