@@ -107,7 +107,7 @@ fn run_core(
 /// Builds a core's runtime on a ring set up for one thread: only this core submits to it
 /// (`SINGLE_ISSUER`), and completions are processed when the core asks for them, in its own
 /// `io_uring_enter`, instead of interrupting it as they arrive (`DEFER_TASKRUN`, Linux 6.1+).
-/// Measured +8% req/s at 50 connections and +10% at 10 against the default setup. A kernel
+/// Measured +2% req/s at 50 connections and +6% at 10 against the default setup. A kernel
 /// that refuses those flags gets the default ring.
 fn with_ring_setup<R>(core: usize, build: impl Fn(io_uring::Builder) -> std::io::Result<R>) -> std::io::Result<R> {
     let mut ring = io_uring::IoUring::builder();
