@@ -3,7 +3,7 @@
 //! closes without saying so, and broken responses.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -24,6 +24,29 @@ struct RawProvider {
 }
 
 fn raw_provider(answer: impl Fn(usize) -> Answer + Send + Sync + 'static) -> RawProvider {
+    provider_on(None, answer)
+}
+
+/// The same provider behind TLS, with the test certificate for 127.0.0.1 (signed by
+/// `testdata/ca.pem`).
+fn tls_provider(answer: impl Fn(usize) -> Answer + Send + Sync + 'static) -> RawProvider {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    crypto();
+    let certs = CertificateDer::pem_file_iter(testdata("provider.pem")).unwrap().map(Result::unwrap).collect();
+    let key = PrivateKeyDer::from_pem_file(testdata("provider.key")).unwrap();
+    let cfg = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(certs, key).unwrap();
+    provider_on(Some(Arc::new(cfg)), answer)
+}
+
+fn testdata(name: &str) -> String {
+    format!("{}/tests/e2e/testdata/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn provider_on(
+    tls: Option<Arc<rustls::ServerConfig>>,
+    answer: impl Fn(usize) -> Answer + Send + Sync + 'static,
+) -> RawProvider {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let connections = Arc::new(AtomicUsize::new(0));
@@ -34,15 +57,20 @@ fn raw_provider(answer: impl Fn(usize) -> Answer + Send + Sync + 'static) -> Raw
         for stream in listener.incoming() {
             let Ok(stream) = stream else { return };
             c.fetch_add(1, Ordering::SeqCst);
-            let (r, answer) = (r.clone(), answer.clone());
-            std::thread::spawn(move || serve(stream, &r, &*answer));
+            let (r, answer, tls) = (r.clone(), answer.clone(), tls.clone());
+            std::thread::spawn(move || match tls {
+                Some(cfg) => {
+                    let Ok(conn) = rustls::ServerConnection::new(cfg) else { return };
+                    serve(rustls::StreamOwned::new(conn, stream), &r, &*answer);
+                }
+                None => serve(stream, &r, &*answer),
+            });
         }
     });
     RawProvider { addr, connections, requests }
 }
 
-fn serve(stream: TcpStream, requests: &AtomicUsize, answer: &dyn Fn(usize) -> Answer) {
-    let mut writer = stream.try_clone().unwrap();
+fn serve(stream: impl Read + Write, requests: &AtomicUsize, answer: &dyn Fn(usize) -> Answer) {
     let mut reader = BufReader::new(stream);
     loop {
         let mut length = 0;
@@ -60,10 +88,14 @@ fn serve(stream: TcpStream, requests: &AtomicUsize, answer: &dyn Fn(usize) -> An
             }
         }
         let mut body = vec![0; length];
-        reader.read_exact(&mut body).unwrap();
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
         let a = answer(requests.fetch_add(1, Ordering::SeqCst));
         for piece in &a.pieces {
-            if writer.write_all(piece).is_err() {
+            // The whole request was read, so nothing is left buffered behind this write.
+            let writer = reader.get_mut();
+            if writer.write_all(piece).and_then(|()| writer.flush()).is_err() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -127,20 +159,23 @@ async fn a_connection_the_provider_closed_while_idle_is_replaced_without_losing_
     assert_eq!(raw.connections.load(Ordering::SeqCst), 3);
 }
 
+/// A chunked answer in four writes, trailers included.
+fn chunked_reply(_: usize) -> Answer {
+    let (a, b) = REPLY.split_at(40);
+    Answer {
+        pieces: vec![
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-".to_vec(),
+            format!("encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x}", a.len(), b.len()).into_bytes(),
+            format!("\r\n{b}\r\n0\r\nx-done: 1\r\n").into_bytes(),
+            b"\r\n".to_vec(),
+        ],
+        close: false,
+    }
+}
+
 #[tokio::test]
 async fn a_chunked_response_with_trailers_split_across_reads_arrives_whole() {
-    let raw = raw_provider(|_| {
-        let (a, b) = REPLY.split_at(40);
-        Answer {
-            pieces: vec![
-                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-".to_vec(),
-                format!("encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x}", a.len(), b.len()).into_bytes(),
-                format!("\r\n{b}\r\n0\r\nx-done: 1\r\n").into_bytes(),
-                b"\r\n".to_vec(),
-            ],
-            close: false,
-        }
-    });
+    let raw = raw_provider(chunked_reply);
     let gw = gateway(&raw_config(&raw.addr));
     let c = client();
     for _ in 0..2 {
@@ -149,6 +184,36 @@ async fn a_chunked_response_with_trailers_split_across_reads_arrives_whole() {
         assert_eq!(r.text().await.unwrap(), REPLY);
     }
     assert_eq!(raw.connections.load(Ordering::SeqCst), 1, "a chunked response leaves the connection reusable");
+}
+
+#[tokio::test]
+async fn https_providers_are_verified_against_their_ca_and_their_connections_kept() {
+    let raw = tls_provider(chunked_reply);
+    let https = raw_config(&raw.addr).replace(
+        &format!("base_url = \"http://{}/v1\"", raw.addr),
+        &format!("base_url = \"https://{}/v1\"\ntls_ca_file = \"{}\"", raw.addr, testdata("ca.pem")),
+    );
+    assert!(https.contains("https://"), "{https}");
+    let gw = gateway(&https);
+    let c = client();
+    for _ in 0..3 {
+        let r = ask(&gw, &c).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), REPLY);
+    }
+    assert_eq!(raw.requests.load(Ordering::SeqCst), 3);
+    assert_eq!(raw.connections.load(Ordering::SeqCst), 1, "one TLS connection served all three");
+}
+
+#[tokio::test]
+async fn an_https_provider_whose_certificate_is_not_trusted_is_a_502() {
+    let raw = tls_provider(chunked_reply);
+    // Without tls_ca_file only the public roots are trusted, and the test CA is not one of them.
+    let https = raw_config(&raw.addr).replace("http://", "https://");
+    let gw = gateway(&https);
+    let body = expect_error(ask(&gw, &client()).await, 502, "upstream_error").await;
+    assert!(body.contains("TLS"), "{body}");
+    assert_eq!(raw.requests.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test]
