@@ -1,5 +1,6 @@
 //! Criterion benches of the per-request hot path: credential lookup, body peek, model resolution,
-//! allow-list check and the body rewrite. `cargo bench --bench hot_path`.
+//! allow-list check, the body rewrite, and the upstream leg's HTTP/1.1 encoding and parsing.
+//! `cargo bench --bench hot_path`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -160,5 +161,40 @@ fn benches(c: &mut Criterion) {
     });
 }
 
-criterion_group!(hot_path, benches, jwt_benches);
+/// The upstream leg's own HTTP/1.1 work per request: the request bytes, and the response head
+/// and body as the mock upstream sends them.
+fn wire_benches(c: &mut Criterion) {
+    use bytes::BytesMut;
+    use heimdall::dataplane::upstream::wire;
+    let body = br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in one short sentence."}]}"#;
+    c.bench_function("upstream: build request bytes", |b| {
+        b.iter(|| {
+            wire::post(
+                "/v1/chat/completions",
+                b"127.0.0.1:9000",
+                &[("authorization", b"Bearer sk-mock")],
+                black_box(body),
+            )
+            .len()
+        })
+    });
+    let reply = br#"{"id":"chatcmpl-1","object":"chat.completion","created":0,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"hello"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":2,"total_tokens":11}}"#;
+    let mut raw = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\ndate: Fri, 04 Dec 2026 07:00:00 GMT\r\n\r\n",
+        reply.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(reply);
+    c.bench_function("upstream: parse response head and take its body", |b| {
+        b.iter(|| {
+            let mut buf = BytesMut::from(black_box(&raw[..]));
+            let (len, head) = wire::parse_head(&buf).unwrap().unwrap();
+            let _ = buf.split_to(len);
+            let mut decoder = wire::Decoder::new(head.framing);
+            decoder.decode(&mut buf).unwrap().unwrap().len()
+        })
+    });
+}
+
+criterion_group!(hot_path, benches, jwt_benches, wire_benches);
 criterion_main!(hot_path);
