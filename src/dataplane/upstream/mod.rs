@@ -143,6 +143,9 @@ impl Body {
         }
         // Usually the whole body came with the head: one piece, no copy.
         let Some(first) = self.chunk().await? else { return Ok(Bytes::new()) };
+        if first.len() > limit {
+            return Err(CollectError::TooLarge);
+        }
         if self.decoder.is_done() {
             return Ok(first);
         }
@@ -182,11 +185,12 @@ impl Pool {
     fn take_idle(&self, origin: &Arc<str>) -> Option<Conn> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(origin)?;
-        while let Some(i) = list.pop() {
-            if i.since.elapsed() < IDLE_MAX {
-                return Some(i.conn);
-            }
+        let newest = list.pop()?;
+        if newest.since.elapsed() < IDLE_MAX {
+            return Some(newest.conn);
         }
+        // The rest are older still.
+        list.clear();
         None
     }
 
@@ -195,10 +199,16 @@ impl Pool {
         if !body.reusable() {
             return;
         }
+        let now = Instant::now();
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(body.origin).or_default();
+        // Checkout takes the newest, so the oldest wait at the front: close them once too old
+        // instead of holding their sockets until traffic drops.
+        if list.first().is_some_and(|i| now - i.since >= IDLE_MAX) {
+            list.retain(|i| now - i.since < IDLE_MAX);
+        }
         if list.len() < body.max_idle {
-            list.push(Idle { conn: body.conn, since: Instant::now() });
+            list.push(Idle { conn: body.conn, since: now });
         }
     }
 
