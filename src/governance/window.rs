@@ -43,6 +43,7 @@ pub fn calendar(w: Window, now: i64) -> (i64, i64) {
         Some((month_start(first.0, first.1)?, month_start(ny, nm)?))
     };
     let span = match w {
+        // Returned before the date conversion above.
         Window::Seconds30 | Window::Minute | Window::Minutes5 | Window::Hour | Window::Day => None,
         Window::Week => {
             let monday = date - chrono::Duration::days(date.weekday().num_days_from_monday() as i64);
