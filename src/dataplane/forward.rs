@@ -72,7 +72,8 @@ async fn attempt_target(
     };
     let metrics = core.metrics();
     let mut tried: u64 = 0;
-    let mut last = GatewayError::Internal("no attempt made".into());
+    // An Option, not a placeholder error: building one would allocate on every request.
+    let mut last = None;
     for attempt in 0..=provider.max_retries {
         let key = pick_key(&provider.keys, tried);
         tried |= 1u64 << (key % 64);
@@ -95,7 +96,7 @@ async fn attempt_target(
             }
             Ok(Err(e)) => {
                 metrics.upstream_error(UpstreamErrorKind::Connect);
-                last = GatewayError::Upstream(format!("provider '{}' is unreachable: {e}", provider.name));
+                last = Some(GatewayError::Upstream(format!("provider '{}' is unreachable: {e}", provider.name)));
             }
             Ok(Ok(resp)) => {
                 let status = resp.status;
@@ -103,34 +104,35 @@ async fn attempt_target(
                     return Ok(resp);
                 }
                 let retry_after = resp.retry_after;
-                let message = error_message(core, provider, resp).await;
+                // Boxed: the refused path is rare, and inline its future would grow every request's.
+                let message = Box::pin(error_message(core, provider, resp)).await;
                 match status {
                     StatusCode::TOO_MANY_REQUESTS => {
                         metrics.upstream_error(UpstreamErrorKind::RateLimited);
                         if let Some(secs) = retry_after {
                             wait = wait.max(Duration::from_secs(secs)).min(provider.retry_backoff_max);
                         }
-                        last = GatewayError::RateLimited {
+                        last = Some(GatewayError::RateLimited {
                             message: format!("provider '{}' is rate limiting: {message}", provider.name),
                             retry_after_secs: retry_after.unwrap_or(1),
-                        };
+                        });
                     }
                     StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                         metrics.upstream_error(UpstreamErrorKind::KeyRefused);
                         wait = Duration::ZERO;
-                        last = GatewayError::Upstream(format!(
+                        last = Some(GatewayError::Upstream(format!(
                             "provider '{}' refused the gateway's key ({}): {message}",
                             provider.name,
                             status.as_u16()
-                        ));
+                        )));
                     }
                     s if s.is_server_error() => {
                         metrics.upstream_error(UpstreamErrorKind::ServerError);
-                        last = GatewayError::Upstream(format!(
+                        last = Some(GatewayError::Upstream(format!(
                             "provider '{}' failed ({}): {message}",
                             provider.name,
                             s.as_u16()
-                        ));
+                        )));
                     }
                     s => {
                         metrics.upstream_error(UpstreamErrorKind::ClientError);
@@ -146,7 +148,7 @@ async fn attempt_target(
             monoio::time::sleep(wait).await;
         }
     }
-    Err(last)
+    Err(last.unwrap_or_else(|| GatewayError::Internal("no attempt made".into())))
 }
 
 /// The provider's request: its endpoint, our key for it, the body. The path came from a parsed
@@ -196,20 +198,23 @@ fn openai_error_message(body: &[u8]) -> String {
     }
 }
 
-/// Weighted choice among keys not yet tried (all keys once every one was tried).
+/// Weighted choice among keys not yet tried (all keys once every one was tried). Walks the
+/// keys instead of collecting the candidates: it runs on every request.
 fn pick_key(keys: &[ProviderKey], tried: u64) -> usize {
     let untried = |i: usize| i >= 64 || tried & (1u64 << i) == 0;
-    let pool: Vec<usize> = (0..keys.len()).filter(|&i| untried(i)).collect();
-    let pool = if pool.is_empty() { (0..keys.len()).collect() } else { pool };
-    let total: f64 = pool.iter().map(|&i| keys[i].weight).sum();
+    let any_untried = (0..keys.len()).any(untried);
+    let candidate = |i: &usize| !any_untried || untried(*i);
+    let total: f64 = (0..keys.len()).filter(candidate).map(|i| keys[i].weight).sum();
     let mut r = fastrand::f64() * total;
-    for &i in &pool {
+    let mut last = 0;
+    for i in (0..keys.len()).filter(candidate) {
         r -= keys[i].weight;
         if r <= 0.0 {
             return i;
         }
+        last = i;
     }
-    pool.last().copied().unwrap_or(0)
+    last
 }
 
 /// Exponential backoff with ±25 % jitter, capped.
@@ -233,6 +238,13 @@ mod tests {
         for _ in 0..200 {
             assert_eq!(pick_key(&ks, 0b011), 2);
         }
+    }
+
+    #[test]
+    fn once_every_key_was_tried_any_key_may_be_picked_again() {
+        let ks = keys(&[1.0, 1.0]);
+        let picked: std::collections::HashSet<usize> = (0..200).map(|_| pick_key(&ks, 0b11)).collect();
+        assert_eq!(picked.len(), 2, "{picked:?}");
     }
 
     #[test]

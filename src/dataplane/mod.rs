@@ -3,6 +3,7 @@
 
 mod body;
 pub mod core;
+mod drain;
 mod forward;
 mod log;
 mod pipeline;
@@ -16,7 +17,6 @@ use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use monoio::net::{ListenerOpts, TcpListener};
 use monoio_compat::hyper::MonoioTimer;
 
@@ -136,7 +136,7 @@ async fn serve(core: Rc<CoreCtx>, opts: ServeOptions, ready: std::sync::mpsc::Se
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(MonoioTimer).header_read_timeout(opts.header_read_timeout).keep_alive(true).writev(false);
     let http = Rc::new(http);
-    let graceful = GracefulShutdown::new();
+    let graceful = drain::Drain::default();
     let mut shutdown = core.shared.shutdown.clone();
     while !*shutdown.borrow() {
         monoio::select! {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::body::{GatewayBody, StreamBody, StreamMode};
@@ -136,7 +136,9 @@ async fn chat(core: &Rc<CoreCtx>, log: &mut RequestLog, req: Request<Incoming>) 
     let sent = or_release(sent, &mut admission)?;
     let target = &targets[sent.target];
     log.provider = Some(target.provider.name.clone());
-    log.model = Some(target.model.to_string());
+    if log.model.as_deref() != Some(target.model) {
+        log.model = Some(target.model.to_string());
+    }
     if peek.stream {
         Ok(stream_reply(core, log, &snap, target, sent, peek.include_usage, admission))
     } else {
@@ -160,7 +162,9 @@ async fn embeddings(core: &Rc<CoreCtx>, log: &mut RequestLog, req: Request<Incom
     let sent = or_release(sent, &mut admission)?;
     let target = &targets[sent.target];
     log.provider = Some(target.provider.name.clone());
-    log.model = Some(target.model.to_string());
+    if log.model.as_deref() != Some(target.model) {
+        log.model = Some(target.model.to_string());
+    }
     whole_reply(core, log, &snap, target, sent, admission).await
 }
 
@@ -225,14 +229,17 @@ async fn control(core: &Rc<CoreCtx>, peer: SocketAddr, req: Request<Incoming>) -
     }
 }
 
+/// The requested model and its fallbacks; inline for the usual one or two.
+type Targets<'s, 'r> = smallvec::SmallVec<[Target<'s, 'r>; 2]>;
+
 /// route + authorize: the requested model and every fallback, each checked against the allow-lists.
 fn route_and_authorize<'s, 'r>(
     snap: &'s SnapRef,
     principal: &Principal<'s>,
     model: &'r str,
     fallbacks: &'r [std::borrow::Cow<'r, str>],
-) -> Result<Vec<Target<'s, 'r>>, GatewayError> {
-    let mut targets = Vec::with_capacity(1 + fallbacks.len());
+) -> Result<Targets<'s, 'r>, GatewayError> {
+    let mut targets = Targets::new();
     let primary = route::resolve(snap, model)?;
     access::authorize(snap, principal, &primary)?;
     targets.push(primary);
@@ -290,9 +297,10 @@ fn stream_reply(
     h.reserve(RESPONSE_HEADERS);
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    add_route_headers(h, target);
+    let mut values = BytesMut::with_capacity(VALUES_ROOM);
+    add_route_headers(h, target, &mut values);
     if let Some(room) = room {
-        add_limit_headers(h, &room);
+        add_limit_headers(h, &room, &mut values);
     }
     r
 }
@@ -344,16 +352,22 @@ async fn whole_reply(
         room
     });
     let mut r = json_response(StatusCode::OK, bytes)?;
-    add_route_headers(r.headers_mut(), target);
+    let mut values = BytesMut::with_capacity(VALUES_ROOM);
+    add_route_headers(r.headers_mut(), target, &mut values);
     if let Some(room) = room {
-        add_limit_headers(r.headers_mut(), &room);
+        add_limit_headers(r.headers_mut(), &room, &mut values);
     }
     Ok(r)
 }
 
-fn add_route_headers(h: &mut http::HeaderMap, target: &Target<'_, '_>) {
+/// Room for the model name and the seven limit values: the header values a response computes
+/// are written into one buffer and handed out as slices of it, one allocation for all of them.
+const VALUES_ROOM: usize = 192;
+
+fn add_route_headers(h: &mut http::HeaderMap, target: &Target<'_, '_>, values: &mut BytesMut) {
     h.insert(X_HEIMDALL_PROVIDER, target.provider.name_header.clone());
-    if let Ok(v) = HeaderValue::from_str(target.model) {
+    values.extend_from_slice(target.model.as_bytes());
+    if let Ok(v) = HeaderValue::from_maybe_shared(values.split().freeze()) {
         h.insert(X_HEIMDALL_MODEL, v);
     }
 }
@@ -371,14 +385,12 @@ const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remain
 const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
 const BUDGET_REMAINING: HeaderName = HeaderName::from_static("x-heimdall-budget-remaining-usd");
 
-fn add_limit_headers(h: &mut http::HeaderMap, room: &Headroom) {
+fn add_limit_headers(h: &mut http::HeaderMap, room: &Headroom, values: &mut BytesMut) {
     use super::upstream::wire::put_u64;
-    // Every value is written into one buffer and handed out as a slice of it: one allocation for
-    // all of them, instead of one per header plus a String per formatted one.
-    let mut buf = BytesMut::with_capacity(128);
+    // Digits by hand: core::fmt and a String per value cost more than the rest of this.
     let mut put = |name: HeaderName, write: &dyn Fn(&mut BytesMut)| {
-        write(&mut buf);
-        if let Ok(v) = HeaderValue::from_maybe_shared(buf.split().freeze()) {
+        write(values);
+        if let Ok(v) = HeaderValue::from_maybe_shared(values.split().freeze()) {
             h.insert(name, v);
         }
     };
@@ -475,19 +487,37 @@ fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Reply {
     Ok(r)
 }
 
-/// Reads a request body, refusing it (413) as soon as it passes `limit`.
+/// Reads a request body, refusing it (413) as soon as it passes `limit`. A body that arrives in
+/// one piece (the usual case) is that piece, not a copy.
 async fn read_body(body: Incoming, limit: u64) -> Result<Bytes, GatewayError> {
     use http_body::Body as _;
     if body.size_hint().lower() > limit {
         return Err(GatewayError::PayloadTooLarge { limit });
     }
-    match Limited::new(body, limit as usize).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            Err(GatewayError::PayloadTooLarge { limit })
+    let mut body = std::pin::pin!(body);
+    let mut first = Bytes::new();
+    let mut more: Option<BytesMut> = None;
+    let mut len = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| GatewayError::InvalidRequest(format!("could not read the request body: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        len += data.len() as u64;
+        if len > limit {
+            return Err(GatewayError::PayloadTooLarge { limit });
         }
-        Err(e) => Err(GatewayError::InvalidRequest(format!("could not read the request body: {e}"))),
+        match &mut more {
+            Some(all) => all.extend_from_slice(&data),
+            None if first.is_empty() => first = data,
+            None => {
+                // Room for what came and what the length says is still to come.
+                let mut all = BytesMut::with_capacity((len + body.size_hint().lower()).min(limit) as usize);
+                all.extend_from_slice(&first);
+                all.extend_from_slice(&data);
+                more = Some(all);
+            }
+        }
     }
+    Ok(more.map_or(first, BytesMut::freeze))
 }
 
 #[cfg(test)]
@@ -499,7 +529,7 @@ mod tests {
         let room =
             Headroom { requests: Some((100, 99, 60)), tokens: Some((5000, 0, 1)), budget_remaining: Some(12_000_050) };
         let mut h = http::HeaderMap::new();
-        add_limit_headers(&mut h, &room);
+        add_limit_headers(&mut h, &room, &mut BytesMut::new());
         let get = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("missing").to_string();
         assert_eq!(get("x-ratelimit-limit-requests"), "100");
         assert_eq!(get("x-ratelimit-remaining-requests"), "99");
@@ -513,7 +543,11 @@ mod tests {
     #[test]
     fn no_limits_means_no_limit_headers() {
         let mut h = http::HeaderMap::new();
-        add_limit_headers(&mut h, &Headroom { requests: None, tokens: None, budget_remaining: Some(0) });
+        add_limit_headers(
+            &mut h,
+            &Headroom { requests: None, tokens: None, budget_remaining: Some(0) },
+            &mut BytesMut::new(),
+        );
         assert_eq!(h.len(), 1);
         assert_eq!(h.get(BUDGET_REMAINING).map(|v| v.as_bytes()), Some(&b"0.000000"[..]));
     }

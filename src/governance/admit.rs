@@ -3,6 +3,8 @@
 
 use std::ops::Deref;
 
+use smallvec::SmallVec;
+
 use crate::auth::ChainRef;
 use crate::config::Window;
 use crate::error::GatewayError;
@@ -41,8 +43,9 @@ pub fn admit<S: Deref<Target = Snapshot>>(
     reserve: u64,
     now: i64,
 ) -> Result<Admission<S>, GatewayError> {
-    let mut counted: Vec<(usize, Window)> = Vec::new();
-    let mut reserved: Vec<(usize, Window)> = Vec::new();
+    // What to undo if a later level refuses; inline, since every request builds them.
+    let mut counted: SmallVec<[(usize, Window); 8]> = SmallVec::new();
+    let mut reserved: SmallVec<[(usize, Window); 8]> = SmallVec::new();
     let result = (|| {
         for &e in snap.chain(key) {
             let entity = &snap.entities[e];

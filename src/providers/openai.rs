@@ -22,7 +22,7 @@ pub struct Peek<'a> {
 #[derive(Deserialize)]
 struct RawPeek<'a> {
     #[serde(borrow)]
-    model: Option<Cow<'a, str>>,
+    model: Option<Text<'a>>,
     #[serde(default)]
     stream: Option<bool>,
     #[serde(default)]
@@ -30,7 +30,30 @@ struct RawPeek<'a> {
     max_tokens: Option<u64>,
     max_completion_tokens: Option<u64>,
     #[serde(default, borrow)]
-    fallbacks: Option<Vec<Cow<'a, str>>>,
+    fallbacks: Option<Vec<Text<'a>>>,
+}
+
+/// A JSON string borrowed from the body unless it has escapes. (`Cow<str>`'s own `Deserialize`
+/// always copies, and serde's `borrow` attribute does not reach through `Option`.)
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(s.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
 }
 
 #[derive(Deserialize)]
@@ -44,7 +67,7 @@ pub fn peek(body: &[u8]) -> Result<Peek<'_>, GatewayError> {
     let raw: RawPeek<'_> = serde_json::from_slice(body)
         .map_err(|e| GatewayError::InvalidRequest(format!("request body is not valid JSON: {e}")))?;
     let model = match raw.model {
-        Some(m) if !m.is_empty() => m,
+        Some(Text(m)) if !m.is_empty() => m,
         _ => return Err(GatewayError::InvalidRequest("missing `model`".into())),
     };
     Ok(Peek {
@@ -52,7 +75,7 @@ pub fn peek(body: &[u8]) -> Result<Peek<'_>, GatewayError> {
         stream: raw.stream.unwrap_or(false),
         include_usage: raw.stream_options.is_some_and(|o| o.include_usage),
         max_tokens: raw.max_completion_tokens.or(raw.max_tokens),
-        fallbacks: raw.fallbacks.unwrap_or_default(),
+        fallbacks: raw.fallbacks.map(|f| f.into_iter().map(|t| t.0).collect()).unwrap_or_default(),
     })
 }
 
@@ -121,11 +144,11 @@ pub fn body_usage(body: &[u8]) -> Option<super::Usage> {
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }
 
 fn rfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).rposition(|w| w == needle)
+    memchr::memmem::rfind(hay, needle)
 }
 
 #[cfg(test)]
@@ -140,6 +163,16 @@ mod tests {
         assert!(p.stream && !p.include_usage);
         assert_eq!(p.max_tokens, Some(7));
         assert_eq!(p.fallbacks, vec!["anthropic/claude"]);
+    }
+
+    #[test]
+    fn peek_borrows_plain_strings_and_unescapes_the_rest() {
+        let p = peek(br#"{"model":"gpt-4o","fallbacks":["a\u002fb","c"]}"#).unwrap();
+        assert!(matches!(p.model, Cow::Borrowed("gpt-4o")));
+        assert!(matches!(&p.fallbacks[0], Cow::Owned(s) if s == "a/b"));
+        assert!(matches!(p.fallbacks[1], Cow::Borrowed("c")));
+        assert!(matches!(peek(br#"{"model":7}"#), Err(GatewayError::InvalidRequest(_))));
+        assert!(matches!(peek(br#"{"model":null}"#), Err(GatewayError::InvalidRequest(m)) if m.contains("model")));
     }
 
     #[test]

@@ -74,6 +74,33 @@ async fn a_body_without_content_length_is_still_limited() {
 }
 
 #[tokio::test]
+async fn a_chunked_body_sent_in_pieces_is_read_whole() {
+    use std::io::{Read, Write};
+    let (mock, _d) = mock(&[]);
+    let gw = gateway(&config(&mock.addr, ""));
+    let mut s = std::net::TcpStream::connect(&gw.proc.addr).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let body = chat_body("gpt-4o-mini", "three pieces make one body").to_string();
+    let (a, rest) = body.split_at(10);
+    let (b, c) = rest.split_at(20);
+    for piece in [a, b, c] {
+        s.write_all(format!("{:x}\r\n{piece}\r\n", piece.len()).as_bytes()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+    }
+    s.write_all(b"0\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("mock reply to: three pieces make one body"), "{answer}");
+}
+
+#[tokio::test]
 async fn a_provider_4xx_is_relayed_and_not_retried() {
     let (mock, _d) = mock(&[]);
     let gw = gateway(&config(&mock.addr, ""));

@@ -118,3 +118,24 @@ async fn the_epoll_driver_serves_plain_and_streamed_chats_when_asked_for() {
     assert_eq!(sse_data(&text).last().map(String::as_str), Some("[DONE]"), "{text}");
     assert!(gw.proc.stderr().contains("driver=\"legacy (epoll)\""), "{}", gw.proc.stderr());
 }
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_does_not_hold_up_shutdown() {
+    use std::io::{Read, Write};
+    let (mock, _d) = mock(&[]);
+    let mut gw = gateway(&config(&mock.addr, ""));
+    let mut s = std::net::TcpStream::connect(&gw.proc.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut first = [0u8; 1024];
+    let n = s.read(&mut first).unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    // The connection stays open and idle; the grace period is 30 s, the drain must not wait it out.
+    let asked = std::time::Instant::now();
+    gw.proc.signal("TERM");
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "nothing more is sent on a drained idle connection");
+    assert_eq!(gw.proc.wait_exit(Duration::from_secs(10)), Some(0), "{}", gw.proc.stderr());
+    assert!(asked.elapsed() < Duration::from_secs(5), "drain took {:?}", asked.elapsed());
+}
