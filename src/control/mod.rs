@@ -3,6 +3,7 @@
 
 mod api;
 pub mod catalog;
+mod config_watch;
 mod identity;
 mod reload;
 mod router;

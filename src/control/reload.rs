@@ -1,12 +1,11 @@
 //! Config reload: a debounced watch of the file's directory plus SIGHUP. A new snapshot is built
 //! completely and only then swapped in; a refused file leaves the serving snapshot untouched.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use notify_debouncer_mini::{DebounceEventResult, new_debouncer, notify::RecursiveMode};
 use tokio::signal::unix::Signal;
 use tokio::sync::mpsc;
 
@@ -14,9 +13,6 @@ use super::catalog::{Catalog, merge, publish};
 use crate::audit::event::AuditEvent;
 use crate::config;
 use crate::state::Shared;
-
-/// Saves within this window count as one (editors write a file in several steps).
-const DEBOUNCE: Duration = Duration::from_millis(150);
 
 /// How often provider host names are resolved again (the data plane never resolves).
 const DNS_REFRESH: Duration = Duration::from_secs(30);
@@ -43,27 +39,10 @@ impl Reloader {
     pub(super) fn watch(mut self, mut hup: Signal) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-            let file = self.path.clone();
-            // Watch the directory, not the file: editors and config maps replace the file by rename.
-            let dir = self.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
-            let file_name = file.file_name().map(|n| n.to_os_string());
-            let debouncer = new_debouncer(DEBOUNCE, move |res: DebounceEventResult| {
-                if let Ok(events) = res
-                    && events.iter().any(|e| e.path.file_name().map(|n| n.to_os_string()) == file_name)
-                {
-                    let _ = tx.send(());
-                }
-            });
-            let _debouncer = match debouncer {
-                Ok(mut d) => match d.watcher().watch(&dir, RecursiveMode::NonRecursive) {
-                    Ok(()) => Some(d),
-                    Err(e) => {
-                        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config directory; reload with SIGHUP");
-                        None
-                    }
-                },
+            let _watch = match super::config_watch::watch(&self.path, tx) {
+                Ok(w) => Some(w),
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot start the config watcher; reload with SIGHUP");
+                    tracing::warn!(file = %self.path.display(), error = %e, "cannot watch the config file; reload with SIGHUP");
                     None
                 }
             };

@@ -116,16 +116,22 @@ struct RawUsage {
 /// Inspects a chunk's `data` payload (or a whole response body). Only the `usage` object is
 /// parsed, found from the end: the rest of the document (the completion) is never walked.
 pub fn inspect_chunk(data: &[u8]) -> ChunkInfo {
-    let Some(at) = rfind(data, b"\"usage\"") else { return ChunkInfo::default() };
-    let rest = data[at + 7..].trim_ascii_start();
-    let Some(rest) = rest.strip_prefix(b":") else { return ChunkInfo::default() };
+    match usage_of(data) {
+        Some(usage) => ChunkInfo { usage: Some(usage), usage_only: choices_empty(data) },
+        None => ChunkInfo::default(),
+    }
+}
+
+/// The `usage` object, found from the end.
+fn usage_of(data: &[u8]) -> Option<super::Usage> {
+    let at = rfind(data, b"\"usage\"")?;
+    let rest = data[at + 7..].trim_ascii_start().strip_prefix(b":")?;
     let mut values = serde_json::Deserializer::from_slice(rest).into_iter::<Option<RawUsage>>();
     match values.next() {
-        Some(Ok(Some(u))) => ChunkInfo {
-            usage: Some(super::Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens }),
-            usage_only: choices_empty(data),
-        },
-        _ => ChunkInfo::default(),
+        Some(Ok(Some(u))) => {
+            Some(super::Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens })
+        }
+        _ => None,
     }
 }
 
@@ -140,15 +146,33 @@ fn choices_empty(data: &[u8]) -> bool {
 
 /// Usage of a whole (non-streamed) response body.
 pub fn body_usage(body: &[u8]) -> Option<super::Usage> {
-    inspect_chunk(body).usage
+    usage_of(body)
 }
 
+// The needles are short and found near where the search starts: a scan for their first byte
+// beats building a memmem searcher for every call.
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    memchr::memmem::find(hay, needle)
+    let (&first, _) = needle.split_first()?;
+    let mut from = 0;
+    while let Some(i) = memchr::memchr(first, &hay[from..]) {
+        if hay[from + i..].starts_with(needle) {
+            return Some(from + i);
+        }
+        from += i + 1;
+    }
+    None
 }
 
 fn rfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    memchr::memmem::rfind(hay, needle)
+    let (&first, _) = needle.split_first()?;
+    let mut end = hay.len();
+    while let Some(i) = memchr::memrchr(first, &hay[..end]) {
+        if hay[i..].starts_with(needle) {
+            return Some(i);
+        }
+        end = i;
+    }
+    None
 }
 
 #[cfg(test)]
@@ -216,6 +240,18 @@ mod tests {
         let info = inspect_chunk(br#"{"choices" : [ ] , "usage" : {"prompt_tokens":1}}"#);
         assert!(info.usage_only);
         assert_eq!(info.usage.unwrap().completion_tokens, 0);
+    }
+    #[test]
+    fn searches_find_the_first_and_the_last_match_past_near_misses() {
+        let hay = br#""usag" "usage" "usage!" "usage""#;
+        assert_eq!(find(hay, b"\"usage\""), Some(7));
+        assert_eq!(rfind(hay, b"\"usage\""), Some(hay.len() - 7));
+        assert_eq!(find(b"\"usag", b"\"usage\""), None);
+        assert_eq!(rfind(b"", b"\"usage\""), None);
+        assert_eq!(
+            body_usage(br#"{"usage":{"prompt_tokens":2,"completion_tokens":9}}"#).map(|u| u.completion_tokens),
+            Some(9)
+        );
     }
 }
 

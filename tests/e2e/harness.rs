@@ -124,6 +124,11 @@ impl Gateway {
         std::fs::rename(&tmp, &self.config_path).unwrap();
     }
 
+    /// Overwrites the config file in place, the way `>` in a shell or a plain editor save does.
+    pub fn edit_config_in_place(&self, text: &str) {
+        std::fs::write(&self.config_path, with_store(text, &self.config_path.with_file_name("heimdall.db"))).unwrap();
+    }
+
     pub async fn metric(&self, name_and_labels: &str) -> f64 {
         let text = reqwest::get(self.url("/metrics")).await.unwrap().text().await.unwrap();
         text.lines()

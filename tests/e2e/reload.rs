@@ -35,6 +35,25 @@ async fn an_edited_config_file_adds_a_key_within_a_second() {
 }
 
 #[tokio::test]
+async fn a_config_overwritten_in_place_is_reloaded_once() {
+    let (mock, _d) = mock(&[]);
+    let base = config(&mock.addr, "");
+    let gw = gateway(&base);
+    let url = gw.url("/v1/chat/completions");
+    // Traffic writes the store (heimdall.db, in the config's directory) all along.
+    for _ in 0..20 {
+        assert_eq!(post(&url, Some(KEY), &chat_body("gpt-4o-mini", "x")).await.status(), 200);
+    }
+    gw.edit_config_in_place(&format!("{base}{NEW_KEY}"));
+    wait_for_status(&url, "vk-new-key", 200, Duration::from_secs(1)).await;
+    for _ in 0..20 {
+        assert_eq!(post(&url, Some(KEY), &chat_body("gpt-4o-mini", "x")).await.status(), 200);
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(gw.metric("heimdall_config_reloads_total").await, 1.0);
+}
+
+#[tokio::test]
 async fn a_broken_config_is_refused_and_the_old_one_keeps_serving() {
     let (mock, _d) = mock(&[]);
     let base = config(&mock.addr, "");
