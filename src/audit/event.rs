@@ -254,12 +254,7 @@ impl Auditable for RequestEvent {
         let (category, r#type, outcome) = self.class;
         // The address's text on the stack: this runs once per request.
         let mut ip = [0u8; 48];
-        let ip_len = {
-            use std::io::Write;
-            let mut cursor = std::io::Cursor::new(&mut ip[..]);
-            let _ = write!(cursor, "{}", self.record.client_ip);
-            cursor.position() as usize
-        };
+        let ip_len = ip_text(self.record.client_ip, &mut ip);
         write_binary(
             out,
             &StoredRecord {
@@ -292,6 +287,39 @@ impl Auditable for RequestEvent {
             category: self.class.0,
             r#type: self.class.1,
             outcome: self.class.2,
+        }
+    }
+}
+
+/// Writes `ip` as text into `out` and returns its length. IPv4 digits by hand: core::fmt was 8% of
+/// the audit writer's time, for the one address every request record carries.
+fn ip_text(ip: std::net::IpAddr, out: &mut [u8; 48]) -> usize {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut n = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out[n] = b'.';
+                    n += 1;
+                }
+                if octet >= 100 {
+                    out[n] = b'0' + octet / 100;
+                    n += 1;
+                }
+                if octet >= 10 {
+                    out[n] = b'0' + octet / 10 % 10;
+                    n += 1;
+                }
+                out[n] = b'0' + octet % 10;
+                n += 1;
+            }
+            n
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::io::Write;
+            let mut cursor = std::io::Cursor::new(&mut out[..]);
+            let _ = write!(cursor, "{v6}");
+            cursor.position() as usize
         }
     }
 }
@@ -445,6 +473,25 @@ pub fn link_bytes(prev: &[u8], canonical: &[u8], hmac_key: Option<&[u8]>) -> [u8
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_are_written_as_their_display_text() {
+        let addrs = [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.100.255",
+            "9.99.199.250",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:1.2.3.4",
+        ];
+        for a in addrs {
+            let ip: std::net::IpAddr = a.parse().unwrap();
+            let mut out = [0u8; 48];
+            let n = ip_text(ip, &mut out);
+            assert_eq!(std::str::from_utf8(&out[..n]).unwrap(), ip.to_string(), "{a}");
+        }
+    }
 
     #[test]
     fn canonical_bytes_survive_a_round_trip_in_either_layout() {

@@ -25,11 +25,16 @@ pub fn parse_hash(hex_str: &str) -> Option<[u8; 32]> {
 }
 
 /// The headers a virtual key may arrive in, in order of precedence (Bifrost's order).
-const KEY_HEADERS: [&str; 3] = ["x-bf-vk", "x-api-key", "api-key"];
+/// Parsed once: a lookup by `&str` parses and lowercase-checks the name on every request.
+const KEY_HEADERS: [http::HeaderName; 3] = [
+    http::HeaderName::from_static("x-bf-vk"),
+    http::HeaderName::from_static("x-api-key"),
+    http::HeaderName::from_static("api-key"),
+];
 
 /// The credential a request carries, if any.
 pub fn credential(headers: &HeaderMap) -> Option<&str> {
-    if let Some(v) = headers.get(KEY_HEADERS[0]).and_then(|v| v.to_str().ok()) {
+    if let Some(v) = headers.get(&KEY_HEADERS[0]).and_then(|v| v.to_str().ok()) {
         return non_empty(v);
     }
     if let Some(v) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
@@ -41,7 +46,7 @@ pub fn credential(headers: &HeaderMap) -> Option<&str> {
         };
         return non_empty(token);
     }
-    KEY_HEADERS[1..].iter().find_map(|h| headers.get(*h).and_then(|v| v.to_str().ok())).and_then(non_empty)
+    KEY_HEADERS[1..].iter().find_map(|h| headers.get(h).and_then(|v| v.to_str().ok())).and_then(non_empty)
 }
 
 fn non_empty(s: &str) -> Option<&str> {
@@ -188,7 +193,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// A virtual key from the key headers other than `Authorization` (sent beside a JWT).
 fn key_header(headers: &HeaderMap) -> Option<&str> {
-    KEY_HEADERS.iter().find_map(|h| headers.get(*h).and_then(|v| v.to_str().ok())).and_then(non_empty)
+    KEY_HEADERS.iter().find_map(|h| headers.get(h).and_then(|v| v.to_str().ok())).and_then(non_empty)
 }
 
 /// Resolves the request's credential. Runs first on every `/v1` request; `now` is Unix seconds.

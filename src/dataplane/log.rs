@@ -167,10 +167,12 @@ impl Drop for RequestLog {
     }
 }
 
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 /// The client's `x-request-id` when it is a UUID, else a fresh UUIDv7 (time-ordered, no shared state).
 fn request_id(headers: &http::HeaderMap) -> uuid::Uuid {
     if let Some(id) =
-        headers.get("x-request-id").and_then(|v| v.to_str().ok()).and_then(|s| uuid::Uuid::parse_str(s).ok())
+        headers.get(X_REQUEST_ID).and_then(|v| v.to_str().ok()).and_then(|s| uuid::Uuid::parse_str(s).ok())
     {
         return id;
     }
