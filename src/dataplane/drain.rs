@@ -1,5 +1,6 @@
 //! A core's drain signal: when shutdown begins, every client connection it serves is told to
-//! finish the request in flight and close. Owns the connections' wakers; knows no HTTP.
+//! finish the request in flight and close. Owns the connections' wakers; of HTTP it knows only
+//! that a hyper connection can be asked to close gracefully.
 //!
 //! hyper-util's `GracefulShutdown` does the same through a tokio watch channel that each
 //! connection polls every time it is polled, several times a request. Here a poll costs a `Cell`

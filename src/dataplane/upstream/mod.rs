@@ -31,6 +31,8 @@ use crate::snapshot::Origin;
 const IDLE_MAX: Duration = Duration::from_secs(30);
 /// Free room made in the read buffer before each read.
 const READ_ROOM: usize = 8 * 1024;
+/// Largest read buffer an idle connection keeps.
+const KEEP_BUF_MAX: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -211,7 +213,9 @@ impl Pool {
             list.retain(|i| now - i.since < IDLE_MAX);
         }
         if list.len() < body.max_idle {
-            list.push(Idle { conn: body.conn, buf: body.buf, since: now });
+            // A buffer grown by a large or long response is not kept for the next small one.
+            let buf = if body.buf.capacity() > KEEP_BUF_MAX { BytesMut::new() } else { body.buf };
+            list.push(Idle { conn: body.conn, buf, since: now });
         }
     }
 
