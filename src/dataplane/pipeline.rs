@@ -49,13 +49,15 @@ pub async fn handle(
 ) -> Result<Response<GatewayBody>, Infallible> {
     let route = classify(req.method(), req.uri().path());
     let mut log = RequestLog::start(&core, RouteLabel::from(&route), peer, req.headers());
+    // The handlers' futures are boxed: hyper moves the future it is given, and inline they
+    // would make it 3 KiB, copied on every request.
     let reply = match route {
-        Classified::Chat => chat(&core, &mut log, req).await,
-        Classified::Embeddings => embeddings(&core, &mut log, req).await,
+        Classified::Chat => Box::pin(chat(&core, &mut log, req)).await,
+        Classified::Embeddings => Box::pin(embeddings(&core, &mut log, req)).await,
         Classified::Models => models(&core, &mut log, &req),
         Classified::Health => Ok(health(&core)),
         Classified::Metrics => Ok(metrics(&core)),
-        Classified::Control => control(&core, peer, req).await,
+        Classified::Control => Box::pin(control(&core, peer, req)).await,
         Classified::WrongMethod(allowed) => {
             Err(GatewayError::MethodNotAllowed(format!("{} takes {allowed}", req.uri().path())))
         }
@@ -317,7 +319,13 @@ async fn whole_reply(
 ) -> Reply {
     let provider = target.provider;
     let mut upstream = sent.response.body;
-    let read = monoio::time::timeout(provider.timeout, upstream.collect(UPSTREAM_BODY_LIMIT)).await;
+    // Usually the whole body came with the head: no IO, so no timer. Otherwise the (boxed, to
+    // keep every request's future small) timed read.
+    let read = if upstream.fully_buffered() {
+        Ok(upstream.collect(UPSTREAM_BODY_LIMIT).await)
+    } else {
+        Box::pin(monoio::time::timeout(provider.timeout, upstream.collect(UPSTREAM_BODY_LIMIT))).await
+    };
     let bytes = match read {
         Ok(Ok(bytes)) => bytes,
         // The provider did (some) work: usage is unknown, so the reservation stays spent.

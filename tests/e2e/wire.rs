@@ -11,7 +11,8 @@ use std::time::Duration;
 use crate::harness::*;
 
 /// What the raw provider sends for one request: pieces written with a pause between them (so
-/// they reach the gateway in separate reads), and whether it then closes the connection.
+/// they reach the gateway in separate reads), and whether it then closes the connection. An
+/// empty piece is a stall: [`STALL`] without writing anything.
 struct Answer {
     pieces: Vec<Vec<u8>>,
     close: bool,
@@ -93,6 +94,10 @@ fn serve(stream: impl Read + Write, requests: &AtomicUsize, answer: &dyn Fn(usiz
         }
         let a = answer(requests.fetch_add(1, Ordering::SeqCst));
         for piece in &a.pieces {
+            if piece.is_empty() {
+                std::thread::sleep(STALL);
+                continue;
+            }
             // The whole request was read, so nothing is left buffered behind this write.
             let writer = reader.get_mut();
             if writer.write_all(piece).and_then(|()| writer.flush()).is_err() {
@@ -105,6 +110,9 @@ fn serve(stream: impl Read + Write, requests: &AtomicUsize, answer: &dyn Fn(usiz
         }
     }
 }
+
+/// Longer than the `raw` provider's timeout.
+const STALL: Duration = Duration::from_millis(2500);
 
 const REPLY: &str = r#"{"id":"raw-1","object":"chat.completion","created":0,"model":"raw-model","choices":[{"index":0,"message":{"role":"assistant","content":"raw reply"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}"#;
 
@@ -248,4 +256,35 @@ async fn a_provider_that_breaks_http_is_a_502_and_its_connection_is_dropped() {
     let r = ask(&gw, &c).await;
     assert_eq!(r.status(), 200);
     assert_eq!(raw.connections.load(Ordering::SeqCst), 3, "neither broken connection was reused");
+}
+
+#[tokio::test]
+async fn a_body_that_arrives_after_its_head_is_read_whole() {
+    let whole = with_length(REPLY);
+    let split = whole.len() - 60;
+    let raw =
+        raw_provider(move |_| Answer { pieces: vec![whole[..split].to_vec(), whole[split..].to_vec()], close: false });
+    let gw = gateway(&raw_config(&raw.addr));
+    let c = client();
+    for _ in 0..2 {
+        let r = ask(&gw, &c).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), REPLY);
+    }
+    assert_eq!(raw.connections.load(Ordering::SeqCst), 1, "the connection is reused after a body read in two parts");
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_past_the_provider_timeout_is_a_504() {
+    let whole = with_length(REPLY);
+    let split = whole.len() - 60;
+    let raw = raw_provider(move |_| Answer {
+        pieces: vec![whole[..split].to_vec(), Vec::new(), whole[split..].to_vec()],
+        close: false,
+    });
+    let gw = gateway(&raw_config(&raw.addr));
+    let started = std::time::Instant::now();
+    let r = ask(&gw, &client()).await;
+    expect_error(r, 504, "upstream_timeout").await;
+    assert!(started.elapsed() < STALL, "the gateway waited out the stall: {:?}", started.elapsed());
 }

@@ -164,6 +164,11 @@ impl Body {
         Ok(all.freeze())
     }
 
+    /// The rest of a length-framed body is already in the buffer: reading it needs no IO.
+    pub fn fully_buffered(&self) -> bool {
+        self.decoder.remaining().is_some_and(|n| self.buf.len() as u64 >= n)
+    }
+
     /// The whole body was read.
     pub fn is_done(&self) -> bool {
         self.decoder.is_done()
