@@ -184,6 +184,11 @@ fn chunked_reply(_: usize) -> Answer {
 #[tokio::test]
 async fn a_chunked_response_with_trailers_split_across_reads_arrives_whole() {
     let raw = raw_provider(chunked_reply);
+    two_replies_on_one_connection(&raw, "a chunked response leaves the connection reusable").await;
+}
+
+/// Two requests both get `REPLY`, and the second reuses the first one's connection.
+async fn two_replies_on_one_connection(raw: &RawProvider, why: &str) {
     let gw = gateway(&raw_config(&raw.addr));
     let c = client();
     for _ in 0..2 {
@@ -191,7 +196,7 @@ async fn a_chunked_response_with_trailers_split_across_reads_arrives_whole() {
         assert_eq!(r.status(), 200);
         assert_eq!(r.text().await.unwrap(), REPLY);
     }
-    assert_eq!(raw.connections.load(Ordering::SeqCst), 1, "a chunked response leaves the connection reusable");
+    assert_eq!(raw.connections.load(Ordering::SeqCst), 1, "{why}");
 }
 
 #[tokio::test]
@@ -260,28 +265,24 @@ async fn a_provider_that_breaks_http_is_a_502_and_its_connection_is_dropped() {
 
 #[tokio::test]
 async fn a_body_that_arrives_after_its_head_is_read_whole() {
+    let raw = raw_provider(|_| body_in_two_parts(false));
+    two_replies_on_one_connection(&raw, "the connection is reused after a body read in two parts").await;
+}
+
+/// `REPLY` with its last 60 body bytes written separately, after a stall when `stall`.
+fn body_in_two_parts(stall: bool) -> Answer {
     let whole = with_length(REPLY);
-    let split = whole.len() - 60;
-    let raw =
-        raw_provider(move |_| Answer { pieces: vec![whole[..split].to_vec(), whole[split..].to_vec()], close: false });
-    let gw = gateway(&raw_config(&raw.addr));
-    let c = client();
-    for _ in 0..2 {
-        let r = ask(&gw, &c).await;
-        assert_eq!(r.status(), 200);
-        assert_eq!(r.text().await.unwrap(), REPLY);
+    let (head, tail) = whole.split_at(whole.len() - 60);
+    let mut pieces = vec![head.to_vec(), tail.to_vec()];
+    if stall {
+        pieces.insert(1, Vec::new());
     }
-    assert_eq!(raw.connections.load(Ordering::SeqCst), 1, "the connection is reused after a body read in two parts");
+    Answer { pieces, close: false }
 }
 
 #[tokio::test]
 async fn a_body_that_stalls_past_the_provider_timeout_is_a_504() {
-    let whole = with_length(REPLY);
-    let split = whole.len() - 60;
-    let raw = raw_provider(move |_| Answer {
-        pieces: vec![whole[..split].to_vec(), Vec::new(), whole[split..].to_vec()],
-        close: false,
-    });
+    let raw = raw_provider(|_| body_in_two_parts(true));
     let gw = gateway(&raw_config(&raw.addr));
     let started = std::time::Instant::now();
     let r = ask(&gw, &client()).await;
