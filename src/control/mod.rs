@@ -135,6 +135,7 @@ async fn run(parts: ControlParts, ready: std::sync::mpsc::Sender<Result<(), Stri
         hmac_key,
         enabled: audit_enabled,
         unwritten: Vec::new(),
+        spare: Vec::new(),
     };
     let mut checkpoints = tokio::time::interval(checkpoint_interval);
     checkpoints.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -231,6 +232,9 @@ struct Drainer {
     /// Records the store refused (disk full, locked file): retried first on the next flush, so a
     /// passing store failure delays the trail instead of cutting a hole in it.
     unwritten: Vec<Pending>,
+    /// The last written batch's buffer, empty, for the next batch: at 40k records a second a
+    /// fresh one grew through eight reallocations every 10 ms.
+    spare: Vec<Pending>,
 }
 
 /// A record waiting for the store: a control-plane event, or a data-plane request that is
@@ -267,13 +271,20 @@ impl Auditable for Pending {
 /// that never recovers cannot grow the control plane without bound.
 const MAX_UNWRITTEN: usize = 1_000_000;
 
+/// The largest batch buffer kept for reuse, in records. A 10 ms batch holds a few hundred at the
+/// rates measured here; only a backlog grows past this.
+const SPARE_MAX: usize = 1 << 16;
+
 impl Drainer {
     async fn flush(&mut self) {
         self.batch.clear();
         for ring in self.rings.iter_mut() {
             ring.drain_into(&mut self.batch);
         }
-        let mut events = std::mem::take(&mut self.unwritten);
+        let mut events = match self.unwritten.is_empty() {
+            true => std::mem::take(&mut self.spare),
+            false => std::mem::take(&mut self.unwritten),
+        };
         for r in &self.batch {
             self.usage.add(r);
         }
@@ -288,6 +299,7 @@ impl Drainer {
             }
         }
         if events.is_empty() {
+            self.spare = events;
             return;
         }
         let (store, key) = (self.store.clone(), self.hmac_key.clone());
@@ -301,6 +313,11 @@ impl Drainer {
         })
         .await;
         match written {
+            // A buffer grown by a backlog (a store that was down) is let go.
+            Ok((mut events, Ok(()))) if events.capacity() <= SPARE_MAX => {
+                events.clear();
+                self.spare = events;
+            }
             Ok((_, Ok(()))) => {}
             // The batch's transaction rolled back as a whole: keep it and try again next flush.
             Ok((mut events, Err(e))) => {

@@ -183,9 +183,8 @@ impl Store {
     fn audit_head(&self) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
         Ok(self
             .conn
-            .query_row("SELECT last_seq, last_hash FROM audit_segments ORDER BY first_seq DESC LIMIT 1", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            .prepare_cached("SELECT last_seq, last_hash FROM audit_segments ORDER BY first_seq DESC LIMIT 1")?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?)
     }
 
@@ -193,7 +192,8 @@ impl Store {
     fn audit_cut(&self) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
         Ok(self
             .conn
-            .query_row("SELECT seq, hash FROM audit_checkpoint WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .prepare_cached("SELECT seq, hash FROM audit_checkpoint WHERE id = 1")?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?)
     }
 
@@ -201,7 +201,7 @@ impl Store {
     /// record's; when retention removed them all, the anchor it left; else zeros). Sequence
     /// numbers are given here, never by SQLite, so they keep growing after the trail emptied
     /// (the index names records by them).
-    fn audit_next(&self) -> Result<(i64, Vec<u8>), StoreError> {
+    fn read_audit_next(&self) -> Result<(i64, Vec<u8>), StoreError> {
         let (seq, prev) = match (self.audit_head()?, self.audit_cut()?) {
             (Some(head), _) => head,
             (None, Some(cut)) => cut,
@@ -214,6 +214,7 @@ impl Store {
     /// open, and after a failed batch whose postings were noted but rolled back on disk): seals
     /// every full bucket not yet written (after a crash between batches, or a migrated store).
     pub(super) fn load_audit_tail(&mut self) -> Result<(), StoreError> {
+        self.audit_next = None;
         let head = self.audit_head()?.map(|h| h.0);
         let next = head.max(self.audit_cut()?.map(|c| c.0)).unwrap_or(0) + 1;
         let tx = self.conn.transaction()?;
@@ -332,7 +333,11 @@ impl Store {
     }
 
     fn try_append_audit<R: Auditable>(&mut self, events: &[R], hmac_key: Option<&[u8]>) -> Result<(), StoreError> {
-        let (mut seq, mut prev) = self.audit_next()?;
+        // Taken, not copied: a batch that fails leaves it unknown, to be read again.
+        let (mut seq, mut prev) = match self.audit_next.take() {
+            Some(next) => next,
+            None => self.read_audit_next()?,
+        };
         let tx = self.conn.transaction()?;
         let mut w = SegmentWriter::default();
         for chunk in events.chunks(SEGMENT_RECORDS) {
@@ -348,6 +353,7 @@ impl Store {
             flush_segment(&tx, &mut w, Some((first, chained_to)), &(seq - 1, prev.clone()))?;
         }
         tx.commit()?;
+        self.audit_next = Some((seq, prev));
         Ok(())
     }
 
@@ -355,6 +361,9 @@ impl Store {
     /// the chain (up to the first record young enough to keep), keeping the last removed
     /// record's hash as the new anchor. Returns how many went.
     pub fn apply_retention(&mut self, cutoff_ms: i64) -> Result<u64, StoreError> {
+        // Retention rewrites and removes segments: the head is read again afterwards rather
+        // than reasoned about.
+        self.audit_next = None;
         let mut removed = 0;
         loop {
             let tx = self.conn.transaction()?;
@@ -639,6 +648,28 @@ mod tests {
         assert_eq!(s.verify_audit(None, None, Some(b"key")).unwrap(), Verification { checked: 15, first_broken: None });
         // The wrong key (or none) cannot reproduce a signed chain.
         assert!(s.verify_audit(None, None, None).unwrap().first_broken.is_some());
+    }
+
+    #[test]
+    fn a_refused_batch_is_written_later_in_sequence_and_the_chain_still_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let mut s = Store::open(&path).unwrap();
+        s.conn.busy_timeout(std::time::Duration::from_millis(10)).unwrap();
+        let batch = |i: usize| -> Vec<_> {
+            (0..3).map(|j| AuditEvent::system("security", "t", "success", json!({ "i": i, "j": j }))).collect()
+        };
+        s.append_audit(&batch(0), None).unwrap();
+        // Another writer holds the file: the batch is refused and nothing of it stays.
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        assert!(s.append_audit(&batch(1), None).is_err());
+        other.execute_batch("COMMIT").unwrap();
+        s.append_audit(&batch(1), None).unwrap();
+        s.append_audit(&batch(2), None).unwrap();
+        assert_eq!(s.verify_audit(None, None, None).unwrap(), Verification { checked: 9, first_broken: None });
+        let seqs: Vec<i64> = all_pages(&s, AuditQuery { limit: 4, ..Default::default() });
+        assert_eq!(seqs, (1..=9).rev().collect::<Vec<_>>());
     }
 
     #[test]
