@@ -281,9 +281,10 @@ impl Drainer {
         for ring in self.rings.iter_mut() {
             ring.drain_into(&mut self.batch);
         }
-        let mut events = match self.unwritten.is_empty() {
-            true => std::mem::take(&mut self.spare),
-            false => std::mem::take(&mut self.unwritten),
+        let mut events = if self.unwritten.is_empty() {
+            std::mem::take(&mut self.spare)
+        } else {
+            std::mem::take(&mut self.unwritten)
         };
         for r in &self.batch {
             self.usage.add(r);
