@@ -88,6 +88,17 @@ impl RequestLog {
         }
     }
 
+    /// Notes the provider and model that answered (a fallback's, when the first target failed).
+    /// Usually they are the ones noted at routing, which are kept: no second clone or copy.
+    pub fn served_by(&mut self, provider: &Arc<str>, model: &str) {
+        if !self.provider.as_ref().is_some_and(|p| Arc::ptr_eq(p, provider)) {
+            self.provider = Some(provider.clone());
+        }
+        if self.model.as_deref() != Some(model) {
+            self.model = Some(model.to_string());
+        }
+    }
+
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
     }

@@ -137,10 +137,7 @@ async fn chat(core: &Rc<CoreCtx>, log: &mut RequestLog, req: Request<Incoming>) 
     .await;
     let sent = or_release(sent, &mut admission)?;
     let target = &targets[sent.target];
-    log.provider = Some(target.provider.name.clone());
-    if log.model.as_deref() != Some(target.model) {
-        log.model = Some(target.model.to_string());
-    }
+    log.served_by(&target.provider.name, target.model);
     if peek.stream {
         Ok(stream_reply(core, log, &snap, target, sent, peek.include_usage, admission))
     } else {
@@ -163,10 +160,7 @@ async fn embeddings(core: &Rc<CoreCtx>, log: &mut RequestLog, req: Request<Incom
         forward::forward(core, &targets, Endpoint::Embeddings, |t| openai::prepare(&body, &peek, t.model), log).await;
     let sent = or_release(sent, &mut admission)?;
     let target = &targets[sent.target];
-    log.provider = Some(target.provider.name.clone());
-    if log.model.as_deref() != Some(target.model) {
-        log.model = Some(target.model.to_string());
-    }
+    log.served_by(&target.provider.name, target.model);
     whole_reply(core, log, &snap, target, sent, admission).await
 }
 
